@@ -1,0 +1,243 @@
+"""Typed events on every skuvid topic (schema version 1).
+
+A breaking change is a new model version and a new topic suffix, never an edit in place: the exported JSON
+Schema files in ``schemas/jsonschema`` are checked in and a test fails when they drift from these models.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+SCHEMA_VERSION = 1
+
+Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+ShortText = Annotated[str, StringConstraints(max_length=500)]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Locale(StrEnum):
+    """Target market of a listing; the prompt language follows it, not the title's language."""
+
+    ZH_CN = "zh-CN"
+    EN_US = "en-US"
+
+
+class Lane(StrEnum):
+    """Priority lane of a render request: hot products and promos jump the bulk backlog."""
+
+    HOT = "hot"
+    BULK = "bulk"
+
+
+class Reason(StrEnum):
+    """Machine-readable reason codes carried by ``video.failed`` and the dead-letter topic."""
+
+    INVALID_JSON = "invalid_json"
+    SCHEMA_VIOLATION = "schema_violation"
+    OVERSIZED_PAYLOAD = "oversized_payload"
+    UNKNOWN_TOPIC = "unknown_topic"
+    UNSAFE_CONTENT = "unsafe_content"
+    EMPTY_CONTENT = "empty_content"
+    INVALID_PARAMS = "invalid_params"
+    IMAGE_FETCH_FAILED = "image_fetch_failed"
+    QUALITY_GATE = "quality_gate"
+    GPU_OOM = "gpu_oom"
+    INVALID_OUTPUT = "invalid_output"
+    RENDER_ERROR = "render_error"
+
+
+class Model(BaseModel):
+    """Base for every boundary model: unknown fields are refused, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Event(Model):
+    """Fields every event carries; ``event_id`` is also the CloudEvents ``id`` header."""
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Version of this event's schema.")
+    event_id: EventId = Field(description="Unique id of this event (idempotency key).", examples=["evt-0001"])
+    occurred_at: AwareDatetime = Field(description="When the event happened (RFC 3339, with offset).")
+
+
+class ProductFields(Model):
+    """The product data skuvid needs to plan a video."""
+
+    sku: Sku = Field(description="Stock keeping unit: the product's stable id.", examples=["SKU-1001"])
+    title: Annotated[str, StringConstraints(max_length=300)] = Field(
+        description="Product title as shown on the listing.", examples=["降噪蓝牙耳机 Pro"]
+    )
+    category: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+        description="Category key or name (e.g. '3c', 'kitchen', '美妆'); unknown ones use the generic template.",
+        examples=["3c"],
+    )
+    selling_points: list[ShortText] = Field(
+        default_factory=list, max_length=30, description="Selling points, most important first.",
+        examples=[["续航30小时", "主动降噪"]],
+    )
+    attributes: dict[Annotated[str, StringConstraints(max_length=64)], ShortText] = Field(
+        default_factory=dict, max_length=64, description="Structured attributes (colour, material, size …).",
+        examples=[{"颜色": "曜石黑", "材质": "铝合金"}],
+    )
+    image_url: Annotated[str, StringConstraints(max_length=2048)] | None = Field(
+        default=None, description="Product photo; when present the video starts from it.",
+    )
+    brand: Annotated[str, StringConstraints(max_length=100)] | None = Field(default=None, description="Brand name.")
+    locale: Locale = Field(default=Locale.ZH_CN, description="Target market of the listing.")
+    hot: bool = Field(default=False, description="Hot product: rendered in the hot lane.")
+
+
+class ProductSnapshot(ProductFields):
+    """The latest full state of one product, as kept in the planner's table."""
+
+
+class ProductCreated(Event, ProductFields):
+    """``product.created``: a new product, full snapshot."""
+
+    def snapshot(self) -> ProductSnapshot:
+        return ProductSnapshot.model_validate(self.model_dump(include=set(ProductFields.model_fields)))
+
+
+class ProductUpdated(ProductCreated):
+    """``product.updated``: the full new snapshot of a product (not a patch)."""
+
+
+class PromoStarted(Event):
+    """``promo.started``: a promotion starts; every matching product gets a promo variant."""
+
+    promo_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(examples=["P-1111"])
+    copy_text: Annotated[str, StringConstraints(min_length=1, max_length=60)] = Field(
+        description="Promo copy. Never put into the model prompt: it becomes an overlay caption.",
+        examples=["限时5折！买一赠三"],
+    )
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
+    skus: list[Sku] = Field(default_factory=list, max_length=10_000, description="Products in the promo.")
+    categories: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
+        default_factory=list, max_length=100, description="Whole categories in the promo (in addition to skus)."
+    )
+    style: Annotated[str, StringConstraints(max_length=32)] | None = Field(
+        default=None, description="Style word for the promo videos (from the curated style list)."
+    )
+
+
+class OverlayCaption(Model):
+    """Text drawn on the video after generation (promo copy); times are seconds into the clip."""
+
+    text: Annotated[str, StringConstraints(min_length=1, max_length=60)]
+    start_s: float = Field(ge=0)
+    end_s: float = Field(gt=0)
+    promo_id: str | None = None
+    valid_from: datetime | None = Field(default=None, description="Promo start (wall clock).")
+    valid_until: datetime | None = Field(default=None, description="Promo end (wall clock).")
+
+
+class Prompt(Model):
+    """The engineered prompt for one product variant."""
+
+    positive: Annotated[str, StringConstraints(min_length=1, max_length=4000)]
+    negative: Annotated[str, StringConstraints(max_length=4000)]
+    language: Locale
+    template_id: str
+    template_version: int
+    overlays: list[OverlayCaption] = Field(default_factory=list, max_length=8)
+    prompt_hash: Sha256Hex = Field(description="Stable hash of everything above.")
+
+
+class RenderParams(Model):
+    """Generation parameters; every field changes the video and so enters the request key."""
+
+    width: int = Field(ge=32, le=1920, multiple_of=32)
+    height: int = Field(ge=32, le=1920, multiple_of=32)
+    num_frames: int = Field(ge=5, le=241, description="4n+1 frames.")
+    fps: int = Field(default=24, ge=1, le=60)
+    steps: int = Field(ge=1, le=100)
+    guidance_scale: float = Field(ge=0.0, le=20.0)
+    flow_shift: float = Field(gt=0.0, le=20.0)
+    seed: int = Field(ge=0, lt=2**63)
+
+
+class VideoRequested(Event):
+    """``video.requested``: one video to render, planned from a product snapshot (and maybe a promo)."""
+
+    request_key: Sha256Hex = Field(description="hash(model, prompt, image, params): equal keys, equal videos.")
+    sku: Sku
+    variant_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(examples=["daily-a"])
+    lane: Lane
+    model: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    prompt: Prompt
+    image_url: str | None = None
+    params: RenderParams
+    title: Annotated[str, StringConstraints(max_length=300)] = Field(description="For galleries and logs.")
+    source_event_id: EventId = Field(description="The product or promo event this request came from.")
+
+
+class QualityReport(Model):
+    """Quality-gate outcome of the published (best) attempt."""
+
+    passed: bool
+    attempts: int = Field(ge=1)
+    scores: dict[str, float] = Field(default_factory=dict)
+    flagged: bool = Field(default=False, description="Published below the gate by policy.")
+
+
+class Provenance(Model):
+    """Where the video came from: the AIGC implicit-label identifiers and the generation inputs."""
+
+    content_producer: str
+    produce_id: str = Field(description="AIGC ProduceID (the request key).")
+    model: str
+    seed: int
+    source_event_id: EventId
+    rendered_at: AwareDatetime
+
+
+class VideoReady(Event):
+    """``video.ready``: a labelled MP4 is on the CDN."""
+
+    request_key: Sha256Hex
+    sku: Sku
+    variant_id: str
+    video_url: str
+    poster_url: str
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    duration_s: float
+    bytes: int = Field(ge=0)
+    sha256: Sha256Hex
+    prompt: str
+    template_id: str
+    quality: QualityReport
+    provenance: Provenance
+
+
+class VideoFailed(Event):
+    """``video.failed``: a product or request that will not get a video, and why."""
+
+    reason: Reason
+    message: str
+    sku: str | None = None
+    request_key: Sha256Hex | None = None
+    source_event_id: str | None = None
+    details: dict[str, str | float | int | bool | None] = Field(default_factory=dict)
+
+
+class DeadLetter(Model):
+    """A record no consumer could process: the original bytes and where they came from."""
+
+    reason: Reason
+    message: str
+    topic: str
+    partition: int
+    offset: int
+    key_b64: str | None = None
+    value_b64: str = Field(description="The original payload, base64 (may be truncated to 1 MiB).")
+    value_truncated: bool = False
+    failed_at: AwareDatetime

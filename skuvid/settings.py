@@ -1,0 +1,110 @@
+"""The one reader of the environment: every knob of skuvid is a field here (env var ``SKUVID_<FIELD>``).
+
+Code takes a ``Settings`` instance as an argument; nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TINY_MODEL = "tiny"
+DEFAULT_MODEL = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+
+
+class StoreKind(StrEnum):
+    LOCAL = "local"
+    S3 = "s3"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SKUVID_", extra="ignore", frozen=True)
+
+    # --- Kafka -------------------------------------------------------------------------------------------
+    kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers, comma separated.")
+    kafka_client_id: str = "skuvid"
+    kafka_idempotent: bool = Field(default=True, description="Idempotent producer (off only for brokers without it).")
+    planner_group: str = "skuvid-planner"
+    renderer_group: str = "skuvid-renderer"
+    max_payload_bytes: int = Field(default=1_048_576, description="Larger input records are dead-lettered.")
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 2_000
+    max_poll_interval_ms: int = Field(default=1_800_000, description="Above the worst-case render (30 min).")
+
+    # --- Planner -----------------------------------------------------------------------------------------
+    planner_data_dir: Path = Path(".cache/planner")
+    variants_per_product: int = Field(default=1, ge=1, le=8, description="A/B variants rendered per product.")
+
+    # --- Prompt engine and safety (inference/prompt) -----------------------------------------------------
+    absolute_terms_policy: Literal["drop", "refuse"] = Field(
+        default="drop", description="Advertising-law absolute terms (最佳, 第一 …): drop them or refuse the product."
+    )
+
+    # --- Model and generation (inference/pipeline) -------------------------------------------------------
+    model: str = Field(default=DEFAULT_MODEL, description="Hub id, local folder, or 'tiny' (built-in random model).")
+    tiny_model_dir: Path = Path(".cache/tiny-wan2.2")
+    device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:N'.")
+    resolution: Literal["240p", "480p", "720p"] = "480p"
+    aspect: Literal["16:9", "9:16", "1:1"] = "16:9"
+    duration_s: float = Field(default=5.0, ge=2.0, le=10.0)
+    fps: int = 24
+    steps: int = Field(default=50, ge=1, le=100)
+    guidance_scale: float = Field(default=5.0, ge=0.0, le=20.0)
+    flow_shift: float = Field(default=5.0, gt=0.0)
+    lora_path: str | None = Field(default=None, description="Step-distilled LoRA: few steps, no CFG.")
+    compile_transformer: bool = Field(default=False, description="torch.compile the transformer (slow first call).")
+    attention_backend: str | None = Field(default=None, description="diffusers backend: flash, _native_cudnn …")
+    vae_tiling: bool = Field(default=False, description="Tiled/sliced VAE decode: less GPU memory, a little slower.")
+    offload: Literal["none", "model", "group"] = Field(default="none", description="CPU offload for 24 GB cards.")
+    max_batch: int = Field(default=1, ge=1, le=16, description="Same-shape requests rendered together.")
+
+    # --- Product image fetching --------------------------------------------------------------------------
+    image_allowed_schemes: tuple[str, ...] = ("https", "http", "file")
+    image_allowed_hosts: tuple[str, ...] = Field(default=(), description="Empty: any public host.")
+    image_file_root: Path = Field(default=Path("."), description="file:// images must lie under this folder.")
+    image_max_bytes: int = 10_000_000
+    image_max_pixels: int = 40_000_000
+    image_timeout_s: float = 10.0
+    image_allow_private: bool = Field(default=False, description="Allow private/loopback hosts (tests).")
+    image_fit: Literal["pad", "crop"] = Field(default="pad", description="Pad or crop the photo to the frame.")
+
+    # --- Quality gate (inference/quality) ----------------------------------------------------------------
+    quality_max_attempts: int = Field(default=3, ge=1, le=10)
+    quality_publish_best_below_gate: bool = Field(default=False, description="Publish the best attempt, flagged.")
+    clip_model: str = "openai/clip-vit-base-patch32"
+
+    # --- Labels, overlays, encoding (inference/labels, inference/encode) ---------------------------------
+    label_content_producer: str = "skuvid"
+    label_content_propagator: str = "skuvid"
+    font_path: Path | None = Field(default=None, description="CJK font; found among system fonts when unset.")
+    mark_corner: Literal["top-left", "top-right", "bottom-left", "bottom-right"] = "top-right"
+    x264_preset: str = "veryfast"
+    x264_crf: int = Field(default=23, ge=0, le=51)
+
+    # --- Renderer ----------------------------------------------------------------------------------------
+    max_in_flight: int = Field(default=2, ge=1, le=64, description="Jobs buffered per renderer before pausing.")
+    render_timeout_s: float = 1_800.0
+
+    # --- Storage / CDN -----------------------------------------------------------------------------------
+    store: StoreKind = StoreKind.LOCAL
+    local_store_dir: Path = Path("out/cdn")
+    cdn_base_url: str = Field(default="", description="Public URL prefix; empty: file:// URLs of the local store.")
+    s3_bucket: str = "skuvid-videos"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_prefix: str = "videos/"
+
+    # --- Operations --------------------------------------------------------------------------------------
+    metrics_port: int = Field(default=0, description="Prometheus /metrics port; 0 disables the endpoint.")
+    log_level: str = "INFO"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    return Settings()
