@@ -72,15 +72,20 @@ def decode(topic: Topic | str, value: bytes | None, *, max_bytes: int = 1_048_57
         data = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(Reason.INVALID_JSON, f"not JSON: {exc}") from None
-    return validate(topic.model, data)
+    return _validate_json(topic.model, data, value)
 
 
 def validate(model: type[EventT], data: object) -> EventT:
-    """Validate parsed JSON against ``model``; schema errors become ``DecodeError(SCHEMA_VIOLATION)``."""
+    """Validate already-parsed JSON against ``model`` (same strict rules as ``decode``)."""
+    return _validate_json(model, data, orjson.dumps(data))
+
+
+def _validate_json(model: type[EventT], data: object, raw: bytes) -> EventT:
+    """Strict JSON validation: no "yes" for a bool, no number for a string; schema errors -> SCHEMA_VIOLATION."""
     if not isinstance(data, dict):
         raise DecodeError(Reason.SCHEMA_VIOLATION, f"expected a JSON object, got {type(data).__name__}")
     try:
-        return model.model_validate(data)
+        return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         raise DecodeError(Reason.SCHEMA_VIOLATION, _summarise(exc)) from None
 
