@@ -5,6 +5,8 @@ Code takes a ``Settings`` instance as an argument; nothing else reads ``os.envir
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -23,12 +25,18 @@ class StoreKind(StrEnum):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SKUVID_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="SKUVID_", extra="ignore", frozen=True, env_parse_none_str="null")
 
     # --- Kafka -------------------------------------------------------------------------------------------
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers, comma separated.")
     kafka_client_id: str = "skuvid"
     kafka_idempotent: bool = Field(default=True, description="Idempotent producer (off only for brokers without it).")
+    kafka_replication_factor: int = Field(default=1, ge=1, description="Replicas of topics the planner creates.")
+    kafka_one_record_batches: bool = Field(
+        default=False,
+        description="Planner sends one record per batch: needed on tansu, whose end offsets are wrong for "
+        "multi-record batches (faust would recover its tables short).",
+    )
     planner_group: str = "skuvid-planner"
     renderer_group: str = "skuvid-renderer"
     max_payload_bytes: int = Field(default=1_048_576, description="Larger input records are dead-lettered.")
@@ -77,6 +85,16 @@ class Settings(BaseSettings):
     quality_max_attempts: int = Field(default=3, ge=1, le=10)
     quality_publish_best_below_gate: bool = Field(default=False, description="Publish the best attempt, flagged.")
     clip_model: str = "openai/clip-vit-base-patch32"
+    quality_black_luma_max: float = Field(default=16.0, ge=0, le=255, description="Mean luma (0-255) below: black.")
+    quality_blown_luma_min: float = Field(default=240.0, ge=0, le=255, description="Mean luma above: blown out.")
+    quality_exposure_max_fraction: float = Field(default=0.1, ge=0, le=1, description="Black/blown frames allowed.")
+    quality_motion_min: float = Field(default=0.2, ge=0, description="Median frame-to-frame luma change.")
+    quality_flicker_max: float = Field(default=6.0, gt=0, description="Brightness spike-and-return (luma levels).")
+    quality_tearing_max: float = Field(default=1.5, gt=0, description="One-frame row seam, relative excess.")
+    quality_scene_jump_max: float = Field(default=8.0, gt=0, description="Max frame change / (median + 1).")
+    quality_clip_text_min: float | None = Field(default=0.2, description="CLIP prompt-frame cosine; None: off.")
+    quality_clip_image_min: float | None = Field(default=0.6, description="CLIP photo-frame cosine; None: off.")
+    quality_clip_frames: int = Field(default=8, ge=1, le=64, description="Frames sampled for CLIP scoring.")
 
     # --- Labels, overlays, encoding (inference/labels, inference/encode) ---------------------------------
     label_content_producer: str = "skuvid"
@@ -85,6 +103,12 @@ class Settings(BaseSettings):
     mark_corner: Literal["top-left", "top-right", "bottom-left", "bottom-right"] = "top-right"
     x264_preset: str = "veryfast"
     x264_crf: int = Field(default=23, ge=0, le=51)
+    mark_height_fraction: float = Field(default=0.06, ge=0.05, le=0.2, description="Mark glyph height / shorter side.")
+    mark_opacity: float = Field(default=0.85, gt=0, le=1, description="Alpha of the visible AIGC mark text.")
+    x264_maxrate_kbps: int = Field(default=2000, ge=100, description="VBV cap: keeps 5 s 480p under 2 MB.")
+    x264_bufsize_kbps: int = Field(default=4000, ge=100, description="VBV buffer (kbit).")
+    poster_jpeg_quality: int = Field(default=88, ge=30, le=95)
+    feed_crop: bool = Field(default=False, description="Also write a 9:16 centre crop for feeds.")
 
     # --- Renderer ----------------------------------------------------------------------------------------
     max_in_flight: int = Field(default=2, ge=1, le=64, description="Jobs buffered per renderer before pausing.")
@@ -102,6 +126,23 @@ class Settings(BaseSettings):
     # --- Operations --------------------------------------------------------------------------------------
     metrics_port: int = Field(default=0, description="Prometheus /metrics port; 0 disables the endpoint.")
     log_level: str = "INFO"
+
+
+def as_env(settings: Settings, fields: Iterable[str] | None = None) -> dict[str, str]:
+    """Environment variables that recreate ``settings`` (or the named fields) in a child process."""
+    env = {}
+    for name in fields if fields is not None else type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            text = "null"
+        elif isinstance(value, (tuple, list, dict)):
+            text = json.dumps(list(value) if isinstance(value, tuple) else value)
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            text = str(value)
+        env[f"SKUVID_{name.upper()}"] = text
+    return env
 
 
 @lru_cache(maxsize=1)
