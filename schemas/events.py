@@ -49,6 +49,7 @@ class Reason(StrEnum):
     GPU_OOM = "gpu_oom"
     INVALID_OUTPUT = "invalid_output"
     RENDER_ERROR = "render_error"
+    INTERNAL_ERROR = "internal_error"
 
 
 class Model(BaseModel):

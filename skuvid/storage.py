@@ -52,6 +52,7 @@ class LocalStore:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # served to players, like any CDN object
         os.replace(tmp, path)  # atomic: readers never see half a video
         return self.url_for(key)
 

@@ -1,0 +1,98 @@
+"""Product snapshot (+ promo) -> render requests: the planner's domain logic, free of Kafka.
+
+The request key is a hash of everything that changes the video (model, prompt, image, parameters), so
+equal keys mean equal videos: the planner skips a key it already requested, the renderer reuses a video it
+already stored, and a redelivered message never yields a second, different video.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+
+from inference.params import ParamsError, plan_params
+from inference.prompt import ContentRefused, PromptEngine, VariantSpec
+from schemas.events import (
+    Lane,
+    ProductSnapshot,
+    PromoStarted,
+    Prompt,
+    Reason,
+    RenderParams,
+    VideoFailed,
+    VideoRequested,
+)
+from skuvid.settings import Settings
+
+
+def request_key(model: str, prompt: Prompt, image_url: str | None, params: RenderParams) -> str:
+    material = {"model": model, "prompt": prompt.prompt_hash, "image": image_url, "params": params.model_dump()}
+    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass
+class Plan:
+    requests: list[VideoRequested] = field(default_factory=list)
+    failures: list[VideoFailed] = field(default_factory=list)
+
+
+class Planner:
+    """Turns one product snapshot into its variants' render requests, or into the reason it gets none."""
+
+    def __init__(self, engine: PromptEngine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+
+    def plan(self, product: ProductSnapshot, *, source_event_id: str, promo: PromoStarted | None = None) -> Plan:
+        plan = Plan()
+        try:
+            variants = self.engine.variants(product, count=self.settings.variants_per_product, promo=promo)
+            plan.requests = [self._request(product, v, source_event_id, promo) for v in variants]
+        except (ContentRefused, ParamsError) as exc:
+            # The product (or the promo's variant spec) is refused as a whole: no partial set of variants.
+            plan.failures.append(failure(exc, product.sku, source_event_id))
+        return plan
+
+    def _request(
+        self, product: ProductSnapshot, variant: VariantSpec, source_event_id: str, promo: PromoStarted | None
+    ) -> VideoRequested:
+        prompt = self.engine.build(product, variant, clip_duration_s=self.settings.duration_s)
+        model = self.settings.model
+        seed_key = f"{model}|{prompt.prompt_hash}|{product.image_url or ''}"
+        params = plan_params(self.settings, key=seed_key)
+        key = request_key(model, prompt, product.image_url, params)
+        return VideoRequested(
+            event_id=f"req-{key[:32]}",
+            occurred_at=datetime.now(UTC),
+            request_key=key,
+            sku=product.sku,
+            variant_id=variant.variant_id,
+            lane=Lane.HOT if (product.hot or promo is not None) else Lane.BULK,
+            model=model,
+            prompt=prompt,
+            image_url=product.image_url,
+            params=params,
+            title=product.title,
+            source_event_id=source_event_id,
+        )
+
+
+def failure(exc: Exception, sku: str | None, source_event_id: str | None, **details) -> VideoFailed:
+    """A ``video.failed`` event for an exception that carries a ``Reason`` (else ``render_error``)."""
+    reason = getattr(exc, "reason", Reason.RENDER_ERROR)
+    rule = getattr(exc, "rule", None)
+    if rule:
+        details["rule"] = rule
+    digest = hashlib.sha256(f"{source_event_id}|{sku}|{reason}|{details}".encode()).hexdigest()[:32]
+    return VideoFailed(
+        event_id=f"fail-{digest}",
+        occurred_at=datetime.now(UTC),
+        reason=reason,
+        message=str(exc) or type(exc).__name__,
+        sku=sku,
+        source_event_id=source_event_id,
+        details=details,
+    )

@@ -1,0 +1,131 @@
+"""The ``skuvid`` command: render, emit, serve, bench, demo, schemas.
+
+Bad input never shows a traceback: it prints ``{"reason": CODE, "message": …}`` on stdout and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import orjson
+
+from skuvid.settings import get_settings
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from skuvid.render_one import RenderOneError, render_product_file
+
+    try:
+        ready = render_product_file(Path(args.product), Path(args.out), get_settings())
+    except RenderOneError as exc:
+        _print_json({"reason": exc.reason.value, "message": exc.message, **exc.details})
+        return EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILED
+    _print_json(ready.model_dump(mode="json"))
+    return 0
+
+
+def _cmd_emit(args: argparse.Namespace) -> int:
+    from producers.emit import dumps_report, emit_file, resolve_topic
+    from producers.publisher import Publisher
+
+    settings = get_settings()
+    try:
+        topic = resolve_topic(args.topic)
+    except ValueError as exc:
+        _print_json({"reason": "unknown_topic", "message": str(exc)})
+        return EXIT_BAD_INPUT
+
+    async def run():
+        publisher = await Publisher.start(settings, source="urn:skuvid:emit")
+        try:
+            return await emit_file(publisher, topic, Path(args.file), settings.max_payload_bytes)
+        finally:
+            await publisher.stop()
+
+    report = asyncio.run(run())
+    for error in report.errors:
+        print(f"{args.file}:{error.line}: {error.reason}: {error.message}", file=sys.stderr)
+    print(dumps_report(report))
+    return EXIT_BAD_INPUT if report.errors else 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from consumers.service import serve
+
+    return serve(get_settings(), args.role)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from bench import run_named
+
+    result = run_named(args.name, get_settings(), full_size=args.full_size)
+    _print_json(result) if args.json else print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from skuvid.demo import run_demo
+
+    return run_demo(Path(args.out), timeout_s=args.timeout)
+
+
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from schemas.export import write
+
+    for path in write():
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skuvid", description="Catalog events in, labelled AI product videos out.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("render", help="render one product JSON to DIR/<sku>.mp4 without Kafka")
+    p.add_argument("product", help="product JSON (a product.created event or its product fields)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser("emit", help="validate a JSONL file against a topic's schema and publish it")
+    p.add_argument("topic")
+    p.add_argument("file")
+    p.set_defaults(func=_cmd_emit)
+
+    p = sub.add_parser("serve", help="run the services against the configured broker")
+    p.add_argument("--role", choices=("all", "planner", "renderer"), default="all")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("bench", help="run a benchmark and print JSON")
+    p.add_argument("name", choices=("inference", "prompts", "postprocess"))
+    p.add_argument("--json", action="store_true", help="one line of JSON")
+    p.add_argument("--full-size", action="store_true", help="inference: full 5B architecture (GPU)")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("demo", help="the whole system on an embedded broker with the tiny model")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("schemas", help="regenerate the JSON Schema and AsyncAPI files")
+    p.set_defaults(func=_cmd_schemas)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Run skuvid's services as real processes against a broker, and read their output topics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas.codec import decode
+from schemas.topics import BY_NAME
+from skuvid.settings import Settings, as_env
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATA = REPO_ROOT / "tests" / "data"
+
+
+def service_settings(bootstrap: str, work: Path, **overrides) -> Settings:
+    """Settings for services under test: the tiny model at the CPU preview size, unique consumer groups."""
+    run = uuid.uuid4().hex[:8]
+    values = {
+        "kafka_bootstrap": bootstrap,
+        "planner_group": f"planner-{run}",
+        "renderer_group": f"renderer-{run}",
+        "session_timeout_ms": 6000,
+        "heartbeat_interval_ms": 1000,
+        "model": "tiny",
+        "tiny_model_dir": REPO_ROOT / ".cache" / "tiny-wan2.2",
+        "resolution": "240p",
+        "duration_s": 2.0,
+        "steps": 2,
+        "guidance_scale": 1.0,
+        "quality_max_attempts": 1,
+        "quality_clip_text_min": None,
+        "quality_clip_image_min": None,
+        "quality_publish_best_below_gate": True,
+        "local_store_dir": work / "cdn",
+        "planner_data_dir": work / "planner",
+        "image_file_root": REPO_ROOT,
+    }
+    return Settings(**(values | overrides))
+
+
+class Service:
+    """One ``skuvid serve --role ROLE`` process with its log in a file."""
+
+    def __init__(self, role: str, settings: Settings, log_dir: Path) -> None:
+        self.role = role
+        self.log_path = log_dir / f"{role}-{uuid.uuid4().hex[:6]}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "skuvid.cli", "serve", "--role", role],
+            env={**os.environ, **as_env(settings)}, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_for_log(self, text: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log():
+            assert self.alive(), f"{self.role} exited:\n{self.log()[-3000:]}"
+            assert time.monotonic() < deadline, f"{self.role} never logged {text!r}:\n{self.log()[-3000:]}"
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self._log.close()
+
+    def stop(self, timeout_s: float = 60) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._log.close()
+        return code
+
+
+async def produce_raw(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | None] | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=8 * 1_048_576)
+    await producer.start()
+    try:
+        for i, value in enumerate(values):
+            await producer.send_and_wait(topic, value=value, key=keys[i] if keys else None)
+    finally:
+        await producer.stop()
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(BY_NAME[topic].partitions)]
+        return {tp.partition: off for tp, off in (await consumer.end_offsets(partitions)).items()}
+    finally:
+        await consumer.stop()
+
+
+async def read_until(bootstrap: str, topics: list[str], done: Callable[[list], bool], timeout_s: float,
+                     raw: bool = False) -> list:
+    """Every record of ``topics`` from the start (decoded events, or raw records) until ``done(records)``."""
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    seen: list = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not done(seen) and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                seen.extend(records if raw else [decode(r.topic, r.value, max_bytes=16 << 20) for r in records])
+    finally:
+        await consumer.stop()
+    return seen
+
+
+def run(coro):
+    return asyncio.run(coro)
