@@ -18,6 +18,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import OffsetAndMetadata
 
 from consumers.delivery import stored_ready, upload
@@ -132,8 +133,12 @@ class RendererService:
     async def _handle_and_commit(self, consumer: AIOKafkaConsumer, record: ConsumerRecord) -> None:
         await self.handle(record)
         tp = TopicPartition(record.topic, record.partition)
-        if tp in consumer.assignment():
+        try:
             await consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "")})
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The partition moved during the job: its new owner gets the record again and, finding the
+            # stored manifest, republishes the same video without rendering it.
+            log.warning("commit of %s@%d skipped: %s", tp, record.offset, exc)
         self.metrics.in_flight.set(self.queue.qsize())
 
     async def handle(self, record: ConsumerRecord) -> None:

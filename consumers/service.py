@@ -7,6 +7,7 @@ import logging
 import signal
 import subprocess
 import sys
+import time
 
 from consumers.planner import run_planner
 from consumers.renderer import RendererService
@@ -59,18 +60,20 @@ def serve(settings: Settings, role: str) -> int:
 
 
 def _serve_both() -> int:
-    """Planner and renderer as two processes (as they run in production), stopped together."""
+    """Planner and renderer as two processes (as they run in production); when one ends, both end."""
     children = [
         subprocess.Popen([sys.executable, "-m", "skuvid.cli", "serve", "--role", role])
         for role in ("planner", "renderer")
     ]
 
-    def forward(signum, _frame):
+    def stop_all(signum=signal.SIGTERM, _frame=None) -> None:
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
-    return max(codes)
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    while all(child.poll() is None for child in children):
+        time.sleep(0.5)
+    stop_all()
+    return max(child.wait() for child in children)
