@@ -11,6 +11,7 @@ import time
 
 from consumers.planner import run_planner
 from consumers.renderer import RendererService
+from inference.clip_score import clip_from_settings
 from inference.quality import QualityGate
 from inference.pipeline import VideoGenerator
 from inference.render_job import RenderJob
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 def load_render_job(settings: Settings) -> RenderJob:
     """The model and quality gate, loaded once per worker process."""
     generator = VideoGenerator.load(settings)
-    gate = QualityGate.from_settings(settings)
+    gate = QualityGate.from_settings(settings, clip_from_settings(settings))
     return RenderJob(settings, generator, gate)
 
 

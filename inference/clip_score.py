@@ -8,6 +8,8 @@ scores are meaningless, which is why the CLIP thresholds can be disabled in Sett
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +21,7 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProce
 
 from inference.quality import require_frames, sample_indices
 from schemas.events import Reason
+from skuvid.settings import TINY_MODEL, Settings
 
 
 class ClipError(RuntimeError):
@@ -100,6 +103,30 @@ class ClipScorer:
 def get_clip_scorer(model_id: str, device: str = "auto") -> ClipScorer:
     """The process-wide scorer for ``model_id`` on ``device``: loaded on first use, then reused."""
     return ClipScorer.load(model_id, device=device)
+
+
+def clip_from_settings(settings: Settings) -> ClipScorer | None:
+    """The scorer Settings ask for: None when ``clip_model`` is unset, the built-in tiny CLIP for "tiny"."""
+    if not settings.clip_model:
+        return None
+    model_id = settings.clip_model
+    if model_id == TINY_MODEL:
+        model_id = str(ensure_tiny_clip(settings.tiny_clip_dir))
+    return get_clip_scorer(model_id, settings.device)
+
+
+def ensure_tiny_clip(path: Path) -> Path:
+    """Build the tiny CLIP at ``path`` once; concurrent builders race on an atomic rename, not on files."""
+    if (path / "config.json").is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-clip-", dir=path.parent))
+    save_tiny_clip(tmp)
+    try:
+        tmp.rename(path)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
 
 
 def save_tiny_clip(out_dir: Path, *, seed: int = 0, image_size: int = 32) -> Path:

@@ -44,12 +44,14 @@ def demo_settings(bootstrap: str, out: Path) -> Settings:
         heartbeat_interval_ms=1000,
         model="tiny",
         tiny_model_dir=REPO_ROOT / ".cache" / "tiny-wan2.2",
+        tiny_clip_dir=REPO_ROOT / ".cache" / "tiny-clip",
         resolution="240p",
         duration_s=2.0,
         steps=4,
         guidance_scale=1.0,
         quality_max_attempts=1,
-        quality_clip_text_min=None,  # a random-weight CLIP scores nothing meaningful
+        clip_model="tiny",  # scores are computed and published, but a random-weight CLIP means nothing:
+        quality_clip_text_min=None,  # so they gate nothing
         quality_clip_image_min=None,
         quality_publish_best_below_gate=True,  # random weights make noise: publish it, flagged
         local_store_dir=out / "cdn",

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TINY_MODEL = "tiny"
@@ -84,7 +84,10 @@ class Settings(BaseSettings):
     # --- Quality gate (inference/quality) ----------------------------------------------------------------
     quality_max_attempts: int = Field(default=3, ge=1, le=10)
     quality_publish_best_below_gate: bool = Field(default=False, description="Publish the best attempt, flagged.")
-    clip_model: str = "openai/clip-vit-base-patch32"
+    clip_model: str | None = Field(
+        default="openai/clip-vit-base-patch32", description="Hub id, local folder, 'tiny', or null: no CLIP."
+    )
+    tiny_clip_dir: Path = Path(".cache/tiny-clip")
     quality_black_luma_max: float = Field(default=16.0, ge=0, le=255, description="Mean luma (0-255) below: black.")
     quality_blown_luma_min: float = Field(default=240.0, ge=0, le=255, description="Mean luma above: blown out.")
     quality_exposure_max_fraction: float = Field(default=0.1, ge=0, le=1, description="Black/blown frames allowed.")
@@ -126,6 +129,30 @@ class Settings(BaseSettings):
     # --- Operations --------------------------------------------------------------------------------------
     metrics_port: int = Field(default=0, description="Prometheus /metrics port; 0 disables the endpoint.")
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _tiny_model_previews(self) -> Settings:
+        """``model=tiny`` switches unset fields to TINY_PREVIEW_DEFAULTS (explicit values always win)."""
+        if self.model == TINY_MODEL:
+            for name, value in TINY_PREVIEW_DEFAULTS.items():
+                if name not in self.model_fields_set:
+                    object.__setattr__(self, name, value)
+        return self
+
+
+# What the built-in tiny model implies for every field the user did not set: it emits noise at CPU speed,
+# so it renders small, short previews, scores them with the tiny CLIP and publishes them flagged.
+TINY_PREVIEW_DEFAULTS: dict[str, object] = {
+    "resolution": "240p",
+    "duration_s": 2.0,
+    "steps": 4,
+    "guidance_scale": 1.0,
+    "clip_model": TINY_MODEL,
+    "quality_clip_text_min": None,
+    "quality_clip_image_min": None,
+    "quality_max_attempts": 1,
+    "quality_publish_best_below_gate": True,
+}
 
 
 def as_env(settings: Settings, fields: Iterable[str] | None = None) -> dict[str, str]:

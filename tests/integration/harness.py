@@ -38,6 +38,8 @@ def service_settings(bootstrap: str, work: Path, **overrides) -> Settings:
         "steps": 2,
         "guidance_scale": 1.0,
         "quality_max_attempts": 1,
+        "clip_model": "tiny",
+        "tiny_clip_dir": REPO_ROOT / ".cache" / "tiny-clip",
         "quality_clip_text_min": None,
         "quality_clip_image_min": None,
         "quality_publish_best_below_gate": True,

@@ -76,6 +76,7 @@ def test_eight_products_become_eight_labelled_videos(settings, services):
         path = local_path(event.video_url)
         assert_playable_mp4(path, event, settings.fps)
         assert read_aigc(path).produce_id == event.request_key
+        assert "clip_text" in event.quality.scores  # the (tiny) CLIP scored it; its score travels
     assert_mark_visible(next(iter(by_sku.values())), settings)
 
 

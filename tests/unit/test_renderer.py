@@ -63,6 +63,7 @@ class GateDouble:
 @pytest.fixture
 def settings(tmp_path) -> Settings:
     return Settings(model="tiny", resolution="240p", duration_s=2.0, steps=2, quality_max_attempts=2,
+                    quality_publish_best_below_gate=False,
                     local_store_dir=tmp_path / "cdn", image_file_root=DATA.parents[1])
 
 
