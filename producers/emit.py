@@ -55,6 +55,10 @@ def parse_lines(topic: Topic, path: Path, max_bytes: int) -> tuple[list[BaseMode
 
 async def emit_file(publisher: Publisher, topic: Topic, path: Path, max_bytes: int) -> EmitReport:
     events, errors = parse_lines(topic, path, max_bytes)
+    return await emit_events(publisher, topic, events, errors)
+
+
+async def emit_events(publisher: Publisher, topic: Topic, events: list[BaseModel], errors: list[LineError]) -> EmitReport:
     report = EmitReport(topic.name, errors=errors)
     for event in events:
         await publisher.publish(topic, event)

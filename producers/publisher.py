@@ -36,7 +36,11 @@ class Publisher:
     @classmethod
     async def start(cls, settings: Settings, source: str = "urn:skuvid") -> Publisher:
         producer = AIOKafkaProducer(**producer_config(settings))
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()  # release its connections and tasks before reporting the failure
+            raise
         return cls(producer, source)
 
     async def stop(self) -> None:

@@ -36,24 +36,31 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_emit(args: argparse.Namespace) -> int:
-    from producers.emit import dumps_report, emit_file, resolve_topic
+    from aiokafka.errors import KafkaError
+
+    from producers.emit import EmitReport, dumps_report, emit_events, parse_lines, resolve_topic
     from producers.publisher import Publisher
 
     settings = get_settings()
     try:
         topic = resolve_topic(args.topic)
-    except ValueError as exc:
-        _print_json({"reason": "unknown_topic", "message": str(exc)})
+        events, errors = parse_lines(topic, Path(args.file), settings.max_payload_bytes)
+    except (ValueError, OSError) as exc:
+        _print_json({"reason": "invalid_input", "message": str(exc)})
         return EXIT_BAD_INPUT
 
-    async def run():
+    async def send() -> EmitReport:
         publisher = await Publisher.start(settings, source="urn:skuvid:emit")
         try:
-            return await emit_file(publisher, topic, Path(args.file), settings.max_payload_bytes)
+            return await emit_events(publisher, topic, events, errors)
         finally:
             await publisher.stop()
 
-    report = asyncio.run(run())
+    try:
+        report = asyncio.run(send()) if events else EmitReport(topic.name, errors=errors)
+    except KafkaError as exc:
+        _print_json({"reason": "broker_unavailable", "message": f"{settings.kafka_bootstrap}: {exc}"})
+        return EXIT_FAILED
     for error in report.errors:
         print(f"{args.file}:{error.line}: {error.reason}: {error.message}", file=sys.stderr)
     print(dumps_report(report))
