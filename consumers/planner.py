@@ -56,6 +56,16 @@ def owns(sku: str, partition: int) -> bool:
     return DefaultPartitioner()(sku.encode(), parts, parts) == partition
 
 
+def category_keys(engine: PromptEngine, category: str) -> set[str]:
+    """What a category matches in a promo: its own text, and its template unless it only fell back to generic
+    ("kitchen" and "厨具" are the same template; an unknown word matches only itself)."""
+    keys = {category.casefold()}
+    template = engine.template_for(category).id
+    if template != "generic":
+        keys.add(f"template:{template}")
+    return keys
+
+
 def create_app(settings: Settings, engine: PromptEngine, metrics: Metrics) -> faust.App:
     app = faust.App(
         settings.planner_group,
@@ -165,13 +175,13 @@ def create_app(settings: Settings, engine: PromptEngine, metrics: Metrics) -> fa
         if target.sku is not None:
             stored = catalog.get(target.sku)
             return [ProductSnapshot.model_validate(stored)] if stored else []
-        wanted = {c.casefold() for c in promo.categories}
+        wanted = set().union(*(category_keys(engine, c) for c in promo.categories))
         listed = set(promo.skus)  # already targeted one by one
         return [
             ProductSnapshot.model_validate(stored)
             for sku, stored in list(catalog.items())
-            if stored and sku not in listed and stored["category"].casefold() in wanted
-            and owns(sku, target.scan_partition)
+            if stored and sku not in listed and owns(sku, target.scan_partition)
+            and category_keys(engine, stored["category"]) & wanted
         ]
 
     return app

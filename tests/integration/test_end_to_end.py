@@ -21,7 +21,7 @@ from inference.fonts import find_cjk_font
 from inference.labels import mark_text_for, read_aigc, render_mark
 from inference.pipeline import VideoGenerator
 from schemas.events import DeadLetter, Reason, VideoReady
-from schemas.topics import DEAD_LETTER, PRODUCT_CREATED, VIDEO_READY, VIDEO_REQUESTED
+from schemas.topics import DEAD_LETTER, PRODUCT_CREATED, PROMO_STARTED, VIDEO_READY, VIDEO_REQUESTED
 from tests.integration.harness import (
     DATA,
     Service,
@@ -171,6 +171,24 @@ def test_bad_records_are_dead_lettered_and_service_keeps_consuming(settings, ser
     assert bad[Reason.INVALID_JSON] in originals
     ready_for(bootstrap, {after_sku}, 1, timeout_s=180)  # the planner kept consuming past them
     assert services["planner"].alive()
+
+
+def test_promo_fans_out_over_listed_skus_and_categories(settings, services):
+    bootstrap = settings.kafka_bootstrap
+    promo_id = f"P-{uuid.uuid4().hex[:6]}"
+    promo = orjson.loads(DATA.joinpath("promo.jsonl").read_bytes().splitlines()[0]) | {
+        "event_id": f"evt-{promo_id}", "promo_id": promo_id, "skus": ["SKU-1001"], "categories": ["kitchen"],
+    }
+    run(produce_raw(bootstrap, PROMO_STARTED.name, [orjson.dumps(promo)], [promo_id.encode()]))
+
+    def done(events):
+        return {e.sku for e in events if isinstance(e, VideoReady) and promo_id in e.variant_id} >= {
+            "SKU-1001", "SKU-3001"}
+
+    events = run(read_until(bootstrap, [VIDEO_READY.name], done, timeout_s=180))
+    promo_videos = {e.sku: e for e in events if isinstance(e, VideoReady) and promo_id in e.variant_id}
+    assert set(promo_videos) == {"SKU-1001", "SKU-3001"}  # 厨具 is the kitchen template; nothing else matched
+    assert all(promo["copy_text"] not in e.prompt for e in promo_videos.values())
 
 
 def test_renderer_killed_mid_job_renders_once_after_restart(settings, services, work):
