@@ -126,15 +126,21 @@ def create_app(settings: Settings, engine: PromptEngine, metrics: Metrics) -> fa
             planned[slot] = request.request_key
             metrics.requests_planned.labels(request.lane.value).inc()
 
+    async def decoded(message) -> BaseModel | None:
+        """The record's event, or None once it has been dead-lettered."""
+        metrics.events_consumed.labels(message.topic).inc()
+        try:
+            return decode(message.topic, message.value, max_bytes=settings.max_payload_bytes)
+        except DecodeError as exc:
+            await send_dead_letter(message, exc)
+            return None
+
     @app.agent(products)
     async def on_product(stream):
         async for event in stream.events():
             message = event.message
-            metrics.events_consumed.labels(message.topic).inc()
-            try:
-                product = decode(message.topic, message.value, max_bytes=settings.max_payload_bytes)
-            except DecodeError as exc:
-                await send_dead_letter(message, exc)
+            product = await decoded(message)
+            if product is None:
                 continue
             assert isinstance(product, ProductCreated)
             snapshot = product.snapshot()
@@ -148,12 +154,8 @@ def create_app(settings: Settings, engine: PromptEngine, metrics: Metrics) -> fa
     @app.agent(promos)
     async def on_promo(stream):
         async for event in stream.events():
-            message = event.message
-            metrics.events_consumed.labels(message.topic).inc()
-            try:
-                promo = decode(message.topic, message.value, max_bytes=settings.max_payload_bytes)
-            except DecodeError as exc:
-                await send_dead_letter(message, exc)
+            promo = await decoded(event.message)
+            if promo is None:
                 continue
             assert isinstance(promo, PromoStarted)
             for sku in dict.fromkeys(promo.skus):

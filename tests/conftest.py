@@ -40,3 +40,27 @@ def tansu_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBrok
 # ======================================================================================================
 # end of block "brokers"
 # ======================================================================================================
+
+
+# ======================================================================================================
+# tiny model: the random-weight Wan2.2 pipeline, built once per session from the real classes.
+# ======================================================================================================
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The tiny model's ops are microseconds long: on this shared 2-core machine OpenMP thread hand-offs
+    cost more than the math (measured 2-3 s vs 0.1 s per clip under load), so such modules run on one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from inference.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "wan")

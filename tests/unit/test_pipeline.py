@@ -17,7 +17,6 @@ from inference.pipeline import (
     resolve_device,
     transformer_dtype_for,
 )
-from inference.tiny_model import build_tiny_model
 from schemas.events import Reason, RenderParams
 from skuvid.settings import Settings
 
@@ -25,19 +24,7 @@ PARAMS = RenderParams(width=64, height=64, num_frames=9, steps=3, guidance_scale
 PROMPT, NEGATIVE = "a red ceramic mug on a white table", "blurry, low quality"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model's ops are microseconds long: on this shared 2-core machine OpenMP thread hand-offs
-    cost more than the math (measured 2-3 s vs 0.1 s per clip under load), so the module runs on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "wan")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def settings_for(tiny_dir: Path, **overrides) -> Settings:

@@ -12,7 +12,7 @@ from consumers.dead_letter import dead_letter
 from schemas.codec import DecodeError, ce_headers, decode, encode_value, record_key
 from schemas.events import ProductCreated, Reason
 from schemas.export import OUT_DIR, rendered
-from schemas.topics import ALL_TOPICS, BY_NAME, PRODUCT_CREATED
+from schemas.topics import ALL_TOPICS, PRODUCT_CREATED
 
 CATALOG = Path(__file__).parents[1] / "data" / "catalog.jsonl"
 

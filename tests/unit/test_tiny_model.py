@@ -12,19 +12,7 @@ from safetensors.torch import load_file
 from inference.tiny_model import build_tiny_model, ensure_tiny_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model's ops are microseconds long: on this shared 2-core machine OpenMP thread hand-offs
-    cost more than the math (measured 2-3 s vs 0.1 s per clip under load), so the module runs on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "wan")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def files(folder: Path) -> dict[str, bytes]:
