@@ -10,7 +10,7 @@ from skuvid.storage import ObjectStore, object_keys
 
 
 def build_ready(request: VideoRequested, rendered: RenderedVideo, *, video_url: str, poster_url: str,
-                content_producer: str) -> VideoReady:
+                feed_video_url: str | None, content_producer: str) -> VideoReady:
     mp4 = rendered.renditions.mp4
     now = datetime.now(UTC)
     return VideoReady(
@@ -21,6 +21,7 @@ def build_ready(request: VideoRequested, rendered: RenderedVideo, *, video_url: 
         variant_id=request.variant_id,
         video_url=video_url,
         poster_url=poster_url,
+        feed_video_url=feed_video_url,
         width=mp4.width,
         height=mp4.height,
         num_frames=mp4.num_frames,
@@ -54,7 +55,9 @@ async def upload(store: ObjectStore, request: VideoRequested, rendered: Rendered
     keys = object_keys(prefix, request.sku, request.request_key)
     video_url = await store.put(keys["video"], rendered.renditions.mp4.path.read_bytes(), "video/mp4")
     poster_url = await store.put(keys["poster"], rendered.renditions.poster.path.read_bytes(), "image/jpeg")
-    ready = build_ready(request, rendered, video_url=video_url, poster_url=poster_url,
+    feed = rendered.renditions.feed_mp4
+    feed_url = await store.put(keys["feed"], feed.path.read_bytes(), "video/mp4") if feed else None
+    ready = build_ready(request, rendered, video_url=video_url, poster_url=poster_url, feed_video_url=feed_url,
                         content_producer=content_producer)
     await store.put(keys["manifest"], ready.model_dump_json().encode(), "application/json")
     return ready

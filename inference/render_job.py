@@ -82,6 +82,12 @@ class RenderJob:
             fps=request.params.fps,
             crf=self.settings.x264_crf,
             preset=self.settings.x264_preset,
+            maxrate_kbps=self.settings.x264_maxrate_kbps,
+            bufsize_kbps=self.settings.x264_bufsize_kbps,
+            jpeg_quality=self.settings.poster_jpeg_quality,
+            mark_height_fraction=self.settings.mark_height_fraction,
+            mark_opacity=self.settings.mark_opacity,
+            feed_crop=self.settings.feed_crop,
             poster_frame=best.gate.best_frame,
         )
         quality = best.gate.report(attempts, flagged=not passed)

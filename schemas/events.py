@@ -206,6 +206,7 @@ class VideoReady(Event):
     variant_id: str
     video_url: str
     poster_url: str
+    feed_video_url: str | None = Field(default=None, description="9:16 cut for feeds, when configured.")
     width: int
     height: int
     num_frames: int

@@ -77,11 +77,12 @@ def render_product_file(path: Path, out_dir: Path, settings: Settings) -> VideoR
 
 
 class _SkuNamedStore(LocalStore):
-    """A local store that names the files ``<sku>.mp4`` / ``<sku>.jpg`` / ``<sku>.json`` in one folder."""
+    """A local store that names the files ``<sku>.mp4`` / ``.jpg`` / ``.json`` / ``.feed.mp4`` in one folder."""
 
     def __init__(self, root: Path, sku: str) -> None:
         super().__init__(root)
         self.sku = sku
 
     def _path(self, key: str) -> Path:
-        return self.root / f"{self.sku}{Path(key).suffix}"
+        extensions = Path(key).name.partition(".")[2]  # "mp4", "jpg", "json", "feed.mp4"
+        return self.root / f"{self.sku}.{extensions}"

@@ -115,7 +115,6 @@ class Settings(BaseSettings):
 
     # --- Renderer ----------------------------------------------------------------------------------------
     max_in_flight: int = Field(default=2, ge=1, le=64, description="Jobs buffered per renderer before pausing.")
-    render_timeout_s: float = 1_800.0
 
     # --- Storage / CDN -----------------------------------------------------------------------------------
     store: StoreKind = StoreKind.LOCAL

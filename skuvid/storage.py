@@ -36,7 +36,7 @@ class ObjectStore(Protocol):
 def object_keys(prefix: str, sku: str, request_key: str) -> dict[str, str]:
     """Keys of the video, its poster and its manifest for one request."""
     base = f"{prefix}{sku}/{request_key}"
-    return {"video": f"{base}.mp4", "poster": f"{base}.jpg", "manifest": f"{base}.json"}
+    return {"video": f"{base}.mp4", "poster": f"{base}.jpg", "feed": f"{base}.feed.mp4", "manifest": f"{base}.json"}
 
 
 class LocalStore:

@@ -104,6 +104,16 @@ async def test_rendered_request_is_stored_then_published_and_reused_on_redeliver
     assert publisher.sent[1] == (VIDEO_READY.name, ready)
 
 
+async def test_feed_cut_is_uploaded_and_announced(tmp_path):
+    settings = Settings(model="tiny", feed_crop=True, local_store_dir=tmp_path / "cdn",
+                        image_file_root=DATA.parents[1])
+    svc, publisher, _ = service(settings)
+    await svc.handle(record(encode_value(request_for(settings))))
+    [(_, ready)] = publisher.sent
+    feed = Path(ready.feed_video_url.removeprefix("file://"))
+    assert feed.name.endswith(".feed.mp4") and feed.stat().st_size > 0
+
+
 async def test_quality_gate_failure_retries_then_publishes_video_failed(settings):
     svc, publisher, generator = service(settings, passed=False)
     request = request_for(settings)
