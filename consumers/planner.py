@@ -30,8 +30,9 @@ from schemas.topics import (
     PRODUCT_UPDATED,
     PROMO_STARTED,
     VIDEO_FAILED,
-    VIDEO_REQUESTED,
+    REQUEST_TOPICS,
     Topic,
+    request_topic,
 )
 from skuvid.metrics import Metrics
 from skuvid.settings import Settings
@@ -95,7 +96,7 @@ def create_app(settings: Settings, engine: PromptEngine, metrics: Metrics) -> fa
     products = app.topic(PRODUCT_CREATED.name, PRODUCT_UPDATED.name, **raw)
     promos = app.topic(PROMO_STARTED.name, **raw)
     fanout = app.topic(FANOUT_TOPIC, partitions=CATALOG_PARTITIONS, internal=True, **raw)
-    out = {t.name: app.topic(t.name, **raw) for t in (VIDEO_REQUESTED, VIDEO_FAILED, DEAD_LETTER)}
+    out = {t.name: app.topic(t.name, **raw) for t in (*REQUEST_TOPICS, VIDEO_FAILED, DEAD_LETTER)}
     json_schema = faust.Schema(key_serializer="json", value_serializer="json")
     catalog = app.Table("catalog", default=None, partitions=CATALOG_PARTITIONS, schema=json_schema)
     planned = app.Table("planned", default=None, partitions=CATALOG_PARTITIONS, schema=json_schema)
@@ -122,7 +123,7 @@ def create_app(settings: Settings, engine: PromptEngine, metrics: Metrics) -> fa
             if planned.get(slot) == request.request_key:
                 metrics.requests_deduplicated.inc()
                 continue
-            await send(VIDEO_REQUESTED, request)
+            await send(request_topic(request.lane), request)
             planned[slot] = request.request_key
             metrics.requests_planned.labels(request.lane.value).inc()
 

@@ -1,7 +1,8 @@
 """The renderer service (aiokafka, one per GPU): ``video.requested`` in, ``video.ready``/``video.failed`` out.
 
-Two tasks share a bounded queue. The fetcher polls Kafka and, when ``max_in_flight`` jobs are waiting, pauses
-its partitions instead of stopping the poll, so the consumer stays in its group. The worker renders one job
+Two tasks share a bounded queue. The fetcher polls both request topics and, when ``max_in_flight`` jobs are
+waiting, pauses its partitions instead of stopping the poll, so the consumer stays in its group. The worker
+takes hot-lane records (hot products, promos) before bulk ones. The worker renders one job
 at a time in a thread (the event loop stays free for heartbeats), publishes the outcome, waits for the
 broker's acknowledgement, and only then commits that record's offset. A crash anywhere before the commit
 means redelivery; the request key makes the redelivered render land on the same storage key, and a stored
@@ -23,12 +24,13 @@ from aiokafka.structs import OffsetAndMetadata
 
 from consumers.delivery import stored_ready, upload
 from consumers.dead_letter import dead_letter
+from consumers.lane_queue import LaneQueue
 from consumers.planning import failure
 from inference.render_job import RenderError, RenderJob
 from producers.publisher import Publisher
 from schemas.codec import DecodeError, decode
 from schemas.events import VideoRequested
-from schemas.topics import DEAD_LETTER, VIDEO_FAILED, VIDEO_READY, VIDEO_REQUESTED
+from schemas.topics import DEAD_LETTER, REQUEST_TOPICS, VIDEO_FAILED, VIDEO_READY, VIDEO_REQUESTED, VIDEO_REQUESTED_HOT
 from skuvid.metrics import Metrics
 from skuvid.settings import Settings
 from skuvid.storage import ObjectStore
@@ -54,18 +56,11 @@ def consumer_config(settings: Settings) -> dict:
 class _DropRevoked(ConsumerRebalanceListener):
     """On revocation, forget queued records of lost partitions: their new owner will process them."""
 
-    def __init__(self, queue: asyncio.Queue) -> None:
+    def __init__(self, queue: LaneQueue) -> None:
         self.queue = queue
 
     async def on_partitions_revoked(self, revoked) -> None:
-        lost = set(revoked)
-        kept = []
-        while not self.queue.empty():
-            record = self.queue.get_nowait()
-            if TopicPartition(record.topic, record.partition) not in lost:
-                kept.append(record)
-        for record in kept:
-            self.queue.put_nowait(record)
+        self.queue.drop(set(revoked))
 
     async def on_partitions_assigned(self, assigned) -> None:
         return None
@@ -79,13 +74,13 @@ class RendererService:
         self.publisher = publisher
         self.store = store
         self.metrics = metrics
-        self.queue: asyncio.Queue[ConsumerRecord] = asyncio.Queue(maxsize=settings.max_in_flight)
+        self.queue = LaneQueue(settings.max_in_flight, hot_topics={VIDEO_REQUESTED_HOT.name})
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
         """Consume until ``stop()``; the job in progress finishes and is committed, queued ones are redelivered."""
         consumer = AIOKafkaConsumer(**consumer_config(self.settings))
-        consumer.subscribe([VIDEO_REQUESTED.name], listener=_DropRevoked(self.queue))
+        consumer.subscribe([t.name for t in REQUEST_TOPICS], listener=_DropRevoked(self.queue))
         await consumer.start()
         try:
             fetcher = asyncio.create_task(self._fetch(consumer), name="fetch")
@@ -106,12 +101,12 @@ class RendererService:
 
     async def _fetch(self, consumer: AIOKafkaConsumer) -> None:
         while True:
-            free = self.queue.maxsize - self.queue.qsize()
+            free = self.queue.free()
             self._set_paused(consumer, paused=free == 0)
             batches = await consumer.getmany(timeout_ms=200, max_records=max(free, 1))
             for records in batches.values():
                 for record in records:
-                    await self.queue.put(record)
+                    self.queue.put_nowait(record)  # getmany returned at most `free` records
             self.metrics.in_flight.set(self.queue.qsize())
 
     def _set_paused(self, consumer: AIOKafkaConsumer, *, paused: bool) -> None:
@@ -124,11 +119,9 @@ class RendererService:
 
     async def _work(self, consumer: AIOKafkaConsumer) -> None:
         while not self.stopping.is_set():
-            try:
-                record = await asyncio.wait_for(self.queue.get(), timeout=0.5)
-            except TimeoutError:
-                continue
-            await self._handle_and_commit(consumer, record)
+            record = await self.queue.get(timeout_s=0.5)
+            if record is not None:
+                await self._handle_and_commit(consumer, record)
 
     async def _handle_and_commit(self, consumer: AIOKafkaConsumer, record: ConsumerRecord) -> None:
         await self.handle(record)

@@ -21,7 +21,7 @@ from inference.fonts import find_cjk_font
 from inference.labels import mark_text_for, read_aigc, render_mark
 from inference.pipeline import VideoGenerator
 from schemas.events import DeadLetter, Reason, VideoReady
-from schemas.topics import DEAD_LETTER, PRODUCT_CREATED, PROMO_STARTED, VIDEO_READY, VIDEO_REQUESTED
+from schemas.topics import DEAD_LETTER, PRODUCT_CREATED, PROMO_STARTED, REQUEST_TOPICS, VIDEO_READY
 from tests.integration.harness import (
     DATA,
     Service,
@@ -105,7 +105,7 @@ def assert_mark_visible(event: VideoReady, settings) -> None:
     with av.open(str(path)) as container:
         marked = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(np.int16)
     generator = VideoGenerator.load(settings)
-    requested = run(read_until(settings.kafka_bootstrap, [VIDEO_REQUESTED.name],
+    requested = run(read_until(settings.kafka_bootstrap, [t.name for t in REQUEST_TOPICS],
                                lambda es: any(e.request_key == event.request_key for e in es), 30))
     request = next(e for e in requested if e.request_key == event.request_key)
     params = RenderParams.model_validate(request.params.model_dump() | {"seed": event.provenance.seed})
@@ -131,9 +131,13 @@ def _image(request, settings):
     return fit_image(image, request.params.width, request.params.height)
 
 
+def requested_count(bootstrap: str) -> int:
+    return sum(sum(run(end_offsets(bootstrap, t.name)).values()) for t in REQUEST_TOPICS)
+
+
 def test_resent_products_render_nothing_new(settings, services):
     bootstrap = settings.kafka_bootstrap
-    requested_before = sum(run(end_offsets(bootstrap, VIDEO_REQUESTED.name)).values())
+    requested_before = requested_count(bootstrap)
     ready_before = sum(run(end_offsets(bootstrap, VIDEO_READY.name)).values())
     marker_sku = f"SKU-MARK-{uuid.uuid4().hex[:6]}"
     marker = orjson.loads(PRODUCTS[0]) | {"sku": marker_sku, "event_id": f"evt-{marker_sku}"}
@@ -141,7 +145,7 @@ def test_resent_products_render_nothing_new(settings, services):
     run(produce_raw(bootstrap, PRODUCT_CREATED.name, resend, [orjson.loads(v)["sku"].encode() for v in resend]))
     # The marker product is new: once its video is out, the planner has seen every resent record before it.
     ready_for(bootstrap, {marker_sku}, 1, timeout_s=180)
-    assert sum(run(end_offsets(bootstrap, VIDEO_REQUESTED.name)).values()) == requested_before + 1
+    assert requested_count(bootstrap) == requested_before + 1
     assert sum(run(end_offsets(bootstrap, VIDEO_READY.name)).values()) == ready_before + 1
 
 

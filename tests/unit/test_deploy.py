@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schemas.topics import VIDEO_REQUESTED
+from schemas.topics import REQUEST_TOPICS
 from skuvid.cli import build_parser
 from skuvid.metrics import Metrics
 from skuvid.settings import Settings
@@ -175,17 +175,18 @@ def test_renderer_gets_one_gpu_drains_a_render_and_mounts_the_model_read_only():
     assert env["HF_HUB_OFFLINE"] == "1" and env["HF_HUB_CACHE"].startswith(mounts["models"]["mountPath"])
 
 
-def test_keda_scales_the_renderer_on_video_requested_within_its_partitions():
+def test_keda_scales_the_renderer_on_both_request_lanes_within_their_partitions():
     scaled = _one("ScaledObject", "skuvid-renderer")
     spec = scaled["spec"]
     assert spec["scaleTargetRef"]["name"] == "skuvid-renderer"
-    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= VIDEO_REQUESTED.partitions
-    (trigger,) = spec["triggers"]
-    meta = trigger["metadata"]
-    assert trigger["type"] == "kafka" and meta["topic"] == VIDEO_REQUESTED.name
-    assert int(meta["lagThreshold"]) >= 1
-    assert meta["consumerGroupFromEnv"] == _env_name("renderer_group")
-    assert {meta["bootstrapServersFromEnv"], meta["consumerGroupFromEnv"]} <= set(_configmap())
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= min(t.partitions for t in REQUEST_TOPICS)
+    assert sorted(t["metadata"]["topic"] for t in spec["triggers"]) == sorted(t.name for t in REQUEST_TOPICS)
+    for trigger in spec["triggers"]:
+        meta = trigger["metadata"]
+        assert trigger["type"] == "kafka"
+        assert int(meta["lagThreshold"]) >= 1
+        assert meta["consumerGroupFromEnv"] == _env_name("renderer_group")
+        assert {meta["bootstrapServersFromEnv"], meta["consumerGroupFromEnv"]} <= set(_configmap())
 
 
 def test_metrics_service_pdbs_and_servicemonitor_select_the_pods():
