@@ -19,7 +19,7 @@ setup: $(STAMP) system
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --disable-pip-version-check "uv==0.13.9"
-	$(UV) pip sync -q --python $(PY) requirements.lock
+	$(UV) pip sync -q --compile-bytecode --python $(PY) requirements.lock  # .pyc at install: every process starts faster
 	$(UV) pip install -q --python $(PY) --no-deps -e .
 	touch $(STAMP)
 
@@ -38,6 +38,7 @@ bench: setup
 	$(PY) -m skuvid.cli bench prompts --json
 	$(PY) -m skuvid.cli bench postprocess --json
 	$(PY) -m skuvid.cli bench inference --json
+	$(PY) -m skuvid.cli bench planner --json
 
 clean:
 	rm -rf .venv .cache out

@@ -14,6 +14,10 @@ def run_named(name: str, settings: Settings, *, full_size: bool = False) -> dict
         from bench.prompts import run
 
         return run()
+    if name == "planner":
+        from bench.planner import run
+
+        return run()
     if name == "postprocess":
         from bench.postprocess import run
 
