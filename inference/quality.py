@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from schemas.events import QualityReport, Reason
+from skuvid.settings import Settings
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
     from inference.clip_score import ClipScorer
-    from skuvid.settings import Settings
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _GRID = 4  # flicker is measured on a 4x4 grid of blocks
@@ -72,6 +72,11 @@ class GateResult:
                 **{f"score_{name}": value for name, value in self.scores.items()}}
 
 
+def _default(name: str):
+    """The Settings default of ``quality_<name>``: one source for the thresholds' defaults."""
+    return Settings.model_fields[f"quality_{name}"].default
+
+
 @dataclass(frozen=True)
 class QualityThresholds:
     """Limits of every check (Settings "Quality gate" section). A CLIP limit of None disables that check.
@@ -79,16 +84,16 @@ class QualityThresholds:
     Luma values are on the 0..255 scale; fractions are of frames; ``clip_*_min`` are cosine similarities.
     """
 
-    black_luma_max: float = 16.0
-    blown_luma_min: float = 240.0
-    exposure_max_fraction: float = 0.1
-    motion_min: float = 0.2
-    flicker_max: float = 6.0
-    tearing_max: float = 1.5
-    scene_jump_max: float = 8.0
-    clip_text_min: float | None = 0.2
-    clip_image_min: float | None = 0.5
-    clip_frames: int = 8
+    black_luma_max: float = _default("black_luma_max")
+    blown_luma_min: float = _default("blown_luma_min")
+    exposure_max_fraction: float = _default("exposure_max_fraction")
+    motion_min: float = _default("motion_min")
+    flicker_max: float = _default("flicker_max")
+    tearing_max: float = _default("tearing_max")
+    scene_jump_max: float = _default("scene_jump_max")
+    clip_text_min: float | None = _default("clip_text_min")
+    clip_image_min: float | None = _default("clip_image_min")
+    clip_frames: int = _default("clip_frames")
     stride: int = 4
 
     @classmethod

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from inference.fonts import find_cjk_font
-from inference.image_fetch import fetch_image, fit_image
+from inference.image_fetch import fetch_image_for
 from inference.labels import AigcLabel, mark_text_for
 from inference.pipeline import VideoGenerator
 from inference.postprocess import Renditions, finish_video
@@ -68,7 +68,7 @@ class RenderJob:
             raise RenderError(
                 Reason.QUALITY_GATE,
                 f"no attempt passed the quality gate in {self.settings.quality_max_attempts}: {best.gate.failures}",
-                {k: round(v, 4) for k, v in best.gate.scores.items()},
+                best.gate.failure_details(attempts),
             )
         renditions = finish_video(
             best.frames,
@@ -103,21 +103,11 @@ class RenderJob:
     def _product_image(self, request: VideoRequested) -> Image.Image | None:
         if not request.image_url:
             return None
-        s = self.settings
         try:
-            image = fetch_image(
-                request.image_url,
-                allowed_schemes=s.image_allowed_schemes,
-                allowed_hosts=s.image_allowed_hosts,
-                file_root=s.image_file_root,
-                max_bytes=s.image_max_bytes,
-                max_pixels=s.image_max_pixels,
-                timeout_s=s.image_timeout_s,
-                allow_private=s.image_allow_private,
-            )
+            # Unfitted: the generator fits it to the frame with the configured pad/crop policy.
+            return fetch_image_for(self.settings, request.image_url)
         except Exception as exc:  # noqa: BLE001 - every fetch defect is the request's, reported with its reason
             raise RenderError(Reason.IMAGE_FETCH_FAILED, str(exc), {"image_url": request.image_url}) from exc
-        return fit_image(image, request.params.width, request.params.height)
 
     def _best_attempt(self, request: VideoRequested, image: Image.Image | None) -> tuple[_Attempt, int]:
         """Generate until an attempt passes the gate (new seed each time); the best-scoring one and the count."""

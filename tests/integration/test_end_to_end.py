@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from inference.fonts import find_cjk_font
+from inference.image_fetch import fetch_image_for
 from inference.labels import mark_text_for, read_aigc, render_mark
 from inference.pipeline import VideoGenerator
 from schemas.events import DeadLetter, Reason, VideoReady
@@ -110,7 +111,8 @@ def assert_mark_visible(event: VideoReady, settings) -> None:
     request = next(e for e in requested if e.request_key == event.request_key)
     params = RenderParams.model_validate(request.params.model_dump() | {"seed": event.provenance.seed})
     plain = generator.generate(prompt=request.prompt.positive, negative_prompt=request.prompt.negative,
-                               params=params, image=None if not request.image_url else _image(request, settings))
+                               params=params,
+                               image=fetch_image_for(settings, request.image_url) if request.image_url else None)
     plain0 = plain[0].astype(np.int16)
     patch = render_mark(mark_text_for(request.prompt.language), frame_w=event.width, frame_h=event.height,
                         corner=settings.mark_corner, font_path=find_cjk_font(settings.font_path))
@@ -120,15 +122,6 @@ def assert_mark_visible(event: VideoReady, settings) -> None:
     diff = np.abs(marked - plain0).mean(axis=2)
     assert diff[inside].mean() > 3 * diff[~inside].mean() + 5, (diff[inside].mean(), diff[~inside].mean())
 
-
-def _image(request, settings):
-    from inference.image_fetch import fetch_image, fit_image  # noqa: PLC0415
-
-    image = fetch_image(request.image_url, allowed_schemes=settings.image_allowed_schemes,
-                        allowed_hosts=settings.image_allowed_hosts, file_root=settings.image_file_root,
-                        max_bytes=settings.image_max_bytes, max_pixels=settings.image_max_pixels,
-                        timeout_s=settings.image_timeout_s, allow_private=settings.image_allow_private)
-    return fit_image(image, request.params.width, request.params.height)
 
 
 def requested_count(bootstrap: str) -> int:
