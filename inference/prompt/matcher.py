@@ -135,7 +135,3 @@ class TermMatcher(Generic[T]):
             if value not in seen:
                 seen.append(value)
         return seen
-
-    def lookup(self, term: str) -> T | None:
-        """The value stored under ``term``'s key (exact, no substring search)."""
-        return self._values.get(term_key(term))
