@@ -50,6 +50,13 @@ class Reason(StrEnum):
     INVALID_OUTPUT = "invalid_output"
     RENDER_ERROR = "render_error"
     INTERNAL_ERROR = "internal_error"
+    FILE_UNREADABLE = "file_unreadable"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    BROKER_UNAVAILABLE = "broker_unavailable"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    AUTH_FAILED = "auth_failed"
+    TLS_FAILED = "tls_failed"
+    UNKNOWN_SKU = "unknown_sku"
 
 
 class Model(BaseModel):

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TINY_MODEL = "tiny"
@@ -30,6 +30,17 @@ class Settings(BaseSettings):
     # --- Kafka -------------------------------------------------------------------------------------------
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers, comma separated.")
     kafka_client_id: str = "skuvid"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="How every Kafka client skuvid creates connects to the brokers."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism (SASL_PLAINTEXT / SASL_SSL only)."
+    )
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="A secret: never logged, never in repr.")
+    kafka_ssl_cafile: Path | None = Field(default=None, description="CA bundle that signed the brokers' certificates.")
+    kafka_ssl_certfile: Path | None = Field(default=None, description="Client certificate (mutual TLS).")
+    kafka_ssl_keyfile: Path | None = Field(default=None, description="Client private key (mutual TLS).")
     kafka_idempotent: bool = Field(default=True, description="Idempotent producer (off only for brokers without it).")
     kafka_replication_factor: int = Field(default=1, ge=1, description="Replicas of topics the planner creates.")
     kafka_one_record_batches: bool = Field(
@@ -125,9 +136,28 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_prefix: str = "videos/"
 
+    # --- Failure handling -------------------------------------------------------------------------------
+    max_attempts: int = Field(
+        default=5, ge=1, le=50, description="Tries of a request whose failure is transient, before video.failed."
+    )
+    retry_backoff_s: float = Field(default=1.0, gt=0, description="First retry delay; doubles each time, jittered.")
+    retry_backoff_max_s: float = Field(default=60.0, gt=0, description="Upper bound of one retry delay.")
+    shutdown_grace_s: float = Field(default=30.0, gt=0, description="SIGTERM ends the process within this time.")
+    kafka_delivery_timeout_ms: int = Field(
+        default=20_000, ge=1000, description="A send not acknowledged within this time fails (and is retried)."
+    )
+
     # --- Operations --------------------------------------------------------------------------------------
-    metrics_port: int = Field(default=0, description="Prometheus /metrics port; 0 disables the endpoint.")
+    metrics_port: int = Field(
+        default=0, description="Port of /metrics, /healthz and /readyz; 0 disables it. `serve` (both roles): "
+        "the planner on this port, the renderer on the next."
+    )
+    render_stall_s: float = Field(default=1800.0, gt=0, description="/healthz fails when a render runs longer.")
     log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console on a terminal, JSON lines otherwise."
+    )
+    gpu_price_cny_per_hour: float = Field(default=8.0, ge=0, description="For the cost of a video (CNY).")
 
     @model_validator(mode="after")
     def _tiny_model_previews(self) -> Settings:
@@ -163,6 +193,8 @@ def as_env(settings: Settings, fields: Iterable[str] | None = None) -> dict[str,
             text = "null"
         elif isinstance(value, (tuple, list, dict)):
             text = json.dumps(list(value) if isinstance(value, tuple) else value)
+        elif isinstance(value, SecretStr):
+            text = value.get_secret_value()
         elif isinstance(value, bool):
             text = "true" if value else "false"
         else:
