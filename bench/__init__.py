@@ -18,8 +18,16 @@ def run_named(name: str, settings: Settings, *, full_size: bool = False) -> dict
         from bench.planner import run
 
         return run()
+    if name == "experiments":
+        from bench.experiments import run
+
+        return run()
     if name == "postprocess":
         from bench.postprocess import run
+
+        return run()
+    if name == "cli":
+        from bench.cli import run
 
         return run()
     if name == "inference":

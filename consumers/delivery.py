@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from inference.render_job import RenderedVideo
 from schemas.events import Provenance, VideoReady, VideoRequested
 from skuvid.storage import ObjectStore, object_keys
+
+if TYPE_CHECKING:  # the render job imports torch: the render CLI must not need it before the model loads
+    from inference.render_job import RenderedVideo
 
 
 def build_ready(request: VideoRequested, rendered: RenderedVideo, *, video_url: str, poster_url: str,

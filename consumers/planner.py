@@ -4,28 +4,35 @@ State lives in two changelog-backed tables partitioned like the product topics (
 ``catalog`` (sku -> latest snapshot) and ``planned`` (sku/variant -> last request key, for dedup).
 
 Promo fan-out stays partition-local: ``promo.started`` (one partition) is re-keyed onto the internal
-``skuvid-planner-promo-fanout`` topic, co-partitioned with the catalog: one record per listed SKU, and one
+``<group>-promo-fanout`` topic, co-partitioned with the catalog: one record per listed SKU, and one
 "category scan" record per partition, which each owner answers from its own part of the catalog table.
+A listed SKU the catalog does not know gets ``video.failed`` with reason ``unknown_sku``.
 
 Messages sent inside an agent are attached to the event being processed; at-least-once faust publishes them
 and waits for the broker's acknowledgement before it commits that event's offset.
+
+The agents are thin: decode, then ``PlannerFlow`` (plain Python over two mappings, unit-testable without a
+broker), with every error classified by ``skuvid.errors.classify``: an undecodable record is dead-lettered,
+a planning bug becomes ``video.failed`` (``internal_error``) for that product, never a decode error.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, MutableMapping
 
 import faust
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel
 
-from consumers.dead_letter import dead_letter
+from consumers.outcomes import dead_letter, failed_event
 from consumers.planning import Planner
 from inference.prompt import PromptEngine
-from schemas.codec import DecodeError, ce_headers, decode, encode_value, record_key
+from schemas.codec import ce_headers, decode, encode_value, record_key
 from schemas.events import ProductCreated, ProductSnapshot, PromoStarted, Reason
 from schemas.topics import (
     DEAD_LETTER,
+    INPUT_TOPICS,
     PRODUCT_CREATED,
     PRODUCT_UPDATED,
     PROMO_STARTED,
@@ -34,12 +41,14 @@ from schemas.topics import (
     Topic,
     request_topic,
 )
+from skuvid.brokers import BrokerError, ensure_topics
+from skuvid.errors import FatalError, Outcome, SkuvidError, classify
+from skuvid.kafka_clients import bootstrap_list, faust_options, security_options
 from skuvid.metrics import Metrics
 from skuvid.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FANOUT_TOPIC = "skuvid-planner-promo-fanout"
 CATALOG_PARTITIONS = PRODUCT_CREATED.partitions
 
 
@@ -67,10 +76,113 @@ def category_keys(engine: PromptEngine, category: str) -> set[str]:
     return keys
 
 
+Send = Callable[[Topic, BaseModel], Awaitable[None]]
+
+
+def fanout_topic(settings: Settings) -> str:
+    """The internal promo fan-out topic of this planner group (one per group, like faust's changelogs)."""
+    return f"{settings.planner_group}-promo-fanout"
+
+
+def changelog_topics(settings: Settings) -> list[str]:
+    """The changelog topics faust keeps for the planner's tables (``<app id>-<table>-changelog``)."""
+    return [f"{settings.planner_group}-{table}-changelog" for table in TABLES]
+
+
+TABLES = ("catalog", "planned")
+
+
+def ensure_planner_topics(settings: Settings) -> None:
+    """Create (or verify) every topic the planner reads or writes — inputs, outputs, its changelogs and the
+    fan-out topic, with their partition counts — before any agent starts: faust otherwise meets a missing
+    changelog on its first assignment and fails writes with ``PartitionsMismatch``. Raises ``FatalError``
+    when a topic exists with another partition count or cannot be created."""
+    wanted = {t.name: t.partitions for t in (*INPUT_TOPICS, *REQUEST_TOPICS, VIDEO_FAILED, DEAD_LETTER)}
+    internal = [*changelog_topics(settings), fanout_topic(settings)]
+    wanted |= dict.fromkeys(internal, CATALOG_PARTITIONS)
+    compact = {"cleanup.policy": "compact"}
+    try:
+        ensure_topics(",".join(bootstrap_list(settings)), wanted, replication=settings.kafka_replication_factor,
+                      configs=dict.fromkeys(changelog_topics(settings), compact),
+                      client_options=security_options(settings))
+    except BrokerError as exc:
+        raise FatalError(f"the planner's topics are not usable: {exc}", reason=Reason.BROKER_UNAVAILABLE) from None
+
+
+class PlannerFlow:
+    """The planner's decisions over its tables (``catalog``: sku -> snapshot JSON, ``planned``: sku|variant ->
+    request key), free of faust: the agents call it with faust tables, tests with dicts."""
+
+    def __init__(self, planner: Planner, engine: PromptEngine, catalog: MutableMapping, planned: MutableMapping,
+                 send: Send, metrics: Metrics) -> None:
+        self.planner = planner
+        self.engine = engine
+        self.catalog = catalog
+        self.planned = planned
+        self.send = send
+        self.metrics = metrics
+
+    async def on_product(self, product: ProductCreated) -> None:
+        snapshot = product.snapshot()
+        self.catalog[snapshot.sku] = snapshot.model_dump(mode="json")
+        await self.plan_and_send(snapshot, product.event_id, promo=None)
+
+    async def on_promo_target(self, target: PromoTarget) -> None:
+        promo = target.promo
+        if target.sku is not None and not self.catalog.get(target.sku):
+            self.metrics.failures.labels(Reason.UNKNOWN_SKU.value).inc()
+            log.warning("promo %s names %s, which the catalog does not know", promo.promo_id, target.sku)
+            unknown = SkuvidError(f"promo {promo.promo_id} names SKU {target.sku}, which the catalog does not know",
+                                  reason=Reason.UNKNOWN_SKU)
+            await self.send(VIDEO_FAILED, failed_event(unknown, sku=target.sku, source_event_id=promo.event_id,
+                                                       promo_id=promo.promo_id))
+            return
+        for snapshot in self.matching_products(target):
+            await self.plan_and_send(snapshot, promo.event_id, promo=promo)
+
+    async def plan_and_send(self, snapshot: ProductSnapshot, source_event_id: str, promo: PromoStarted | None) -> None:
+        plan = self.planner.plan(snapshot, source_event_id=source_event_id, promo=promo)
+        for failed in plan.failures:
+            self.metrics.failures.labels(failed.reason.value).inc()
+            await self.send(VIDEO_FAILED, failed)
+        for request in plan.requests:
+            slot = f"{request.sku}|{request.variant_id}"
+            if self.planned.get(slot) == request.request_key:
+                self.metrics.requests_deduplicated.inc()
+                continue
+            await self.send(request_topic(request.lane), request)
+            self.planned[slot] = request.request_key
+            self.metrics.requests_planned.labels(request.lane.value).inc()
+
+    def matching_products(self, target: PromoTarget) -> list[ProductSnapshot]:
+        promo = target.promo
+        if target.sku is not None:
+            stored = self.catalog.get(target.sku)
+            return [ProductSnapshot.model_validate(stored)] if stored else []
+        wanted = set().union(*(category_keys(self.engine, c) for c in promo.categories))
+        listed = set(promo.skus)  # already targeted one by one
+        return [
+            ProductSnapshot.model_validate(stored)
+            for sku, stored in list(self.catalog.items())
+            if stored and sku not in listed and owns(sku, target.scan_partition)
+            and category_keys(self.engine, stored["category"]) & wanted
+        ]
+
+
+def promo_targets(promo: PromoStarted) -> list[tuple[bytes | None, int | None, PromoTarget]]:
+    """(key, partition, record) of each fan-out record: one per listed SKU, one category scan per partition."""
+    targets: list[tuple[bytes | None, int | None, PromoTarget]] = [
+        (sku.encode(), None, PromoTarget(promo=promo, sku=sku)) for sku in dict.fromkeys(promo.skus)
+    ]
+    if promo.categories:
+        targets += [(None, p, PromoTarget(promo=promo, scan_partition=p)) for p in range(CATALOG_PARTITIONS)]
+    return targets
+
+
 def create_app(settings: Settings, engine: PromptEngine, metrics: Metrics) -> faust.App:
     app = faust.App(
         settings.planner_group,
-        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        **faust_options(settings),  # broker list and credentials, as every skuvid client connects
         store="memory://",
         datadir=str(settings.planner_data_dir),
         processing_guarantee="at_least_once",
@@ -81,6 +193,7 @@ def create_app(settings: Settings, engine: PromptEngine, metrics: Metrics) -> fa
         producer_acks=-1,
         producer_max_batch_size=1 if settings.kafka_one_record_batches else 16384,
         producer_max_request_size=4 * 1_048_576,
+        producer_request_timeout=settings.kafka_delivery_timeout_ms / 1000,
         consumer_max_fetch_size=4 * 1_048_576,
         broker_session_timeout=settings.session_timeout_ms / 1000,
         broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000,
@@ -91,110 +204,83 @@ def create_app(settings: Settings, engine: PromptEngine, metrics: Metrics) -> fa
         autodiscover=False,
         topic_allow_declare=True,
     )
-    planner = Planner(engine, settings)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     products = app.topic(PRODUCT_CREATED.name, PRODUCT_UPDATED.name, **raw)
     promos = app.topic(PROMO_STARTED.name, **raw)
-    fanout = app.topic(FANOUT_TOPIC, partitions=CATALOG_PARTITIONS, internal=True, **raw)
+    fanout = app.topic(fanout_topic(settings), partitions=CATALOG_PARTITIONS, internal=True, **raw)
     out = {t.name: app.topic(t.name, **raw) for t in (*REQUEST_TOPICS, VIDEO_FAILED, DEAD_LETTER)}
     json_schema = faust.Schema(key_serializer="json", value_serializer="json")
-    catalog = app.Table("catalog", default=None, partitions=CATALOG_PARTITIONS, schema=json_schema)
-    planned = app.Table("planned", default=None, partitions=CATALOG_PARTITIONS, schema=json_schema)
+    catalog, planned = (app.Table(name, default=None, partitions=CATALOG_PARTITIONS, schema=json_schema)
+                        for name in TABLES)
 
     async def send(topic: Topic, event: BaseModel) -> None:
         await out[topic.name].send(key=record_key(event), value=encode_value(event), headers=ce_headers(topic, event))
 
-    async def send_dead_letter(message, exc: DecodeError) -> None:
-        metrics.dead_letters.labels(exc.reason.value).inc()
-        log.warning("dead-lettering %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc.message)
-        record = dead_letter(
-            topic=message.topic, partition=message.partition, offset=message.offset,
-            key=message.key, value=message.value, reason=exc.reason, message=exc.message,
-        )
-        await send(DEAD_LETTER, record)
+    flow = PlannerFlow(Planner(engine, settings), engine, catalog, planned, send, metrics)
 
-    async def plan_and_send(snapshot: ProductSnapshot, source_event_id: str, promo: PromoStarted | None) -> None:
-        plan = planner.plan(snapshot, source_event_id=source_event_id, promo=promo)
-        for failed in plan.failures:
-            metrics.failures.labels(failed.reason.value).inc()
-            await send(VIDEO_FAILED, failed)
-        for request in plan.requests:
-            slot = f"{request.sku}|{request.variant_id}"
-            if planned.get(slot) == request.request_key:
-                metrics.requests_deduplicated.inc()
-                continue
-            await send(request_topic(request.lane), request)
-            planned[slot] = request.request_key
-            metrics.requests_planned.labels(request.lane.value).inc()
-
-    async def decoded(message) -> BaseModel | None:
-        """The record's event, or None once it has been dead-lettered."""
-        metrics.events_consumed.labels(message.topic).inc()
-        try:
-            return decode(message.topic, message.value, max_bytes=settings.max_payload_bytes)
-        except DecodeError as exc:
-            await send_dead_letter(message, exc)
-            return None
+    async def settle(message, exc: Exception, sku: str | None, source_event_id: str | None) -> None:
+        """What ``exc`` means for this record: dead letter, video.failed, or (transient, fatal) re-raise so
+        faust does not commit the offset and the process restarts on it."""
+        failure = classify(exc)
+        where = f"{message.topic}[{message.partition}]@{message.offset}"
+        if failure.outcome is Outcome.DEAD_LETTER:
+            metrics.dead_letters.labels(failure.reason.value).inc()
+            log.warning("dead-lettering %s: %s", where, failure.message)
+            await send(DEAD_LETTER, dead_letter(
+                topic=message.topic, partition=message.partition, offset=message.offset,
+                key=message.key, value=message.value, reason=failure.reason, message=failure.message,
+            ))
+        elif failure.outcome is Outcome.FAILED:
+            log.error("planning %s (%s) failed: %s", sku, where, failure.message, exc_info=exc)
+            metrics.failures.labels(failure.reason.value).inc()
+            await send(VIDEO_FAILED, failed_event(failure, sku=sku, source_event_id=source_event_id))
+        else:
+            raise exc
 
     @app.agent(products)
     async def on_product(stream):
         async for event in stream.events():
             message = event.message
-            product = await decoded(message)
-            if product is None:
-                continue
-            assert isinstance(product, ProductCreated)
-            snapshot = product.snapshot()
-            catalog[snapshot.sku] = snapshot.model_dump(mode="json")
+            metrics.events_consumed.labels(message.topic).inc()
+            product = None
             try:
-                await plan_and_send(snapshot, product.event_id, promo=None)
-            except Exception as exc:  # noqa: BLE001 - a planner bug must not lose the event: park it, replayable
-                log.exception("planning %s failed", snapshot.sku)
-                await send_dead_letter(message, DecodeError(Reason.INTERNAL_ERROR, f"planning failed: {exc!r}"))
+                product = decode(message.topic, message.value, max_bytes=settings.max_payload_bytes)
+                assert isinstance(product, ProductCreated)
+                await flow.on_product(product)
+            except Exception as exc:  # noqa: BLE001 - classified in settle(); nothing is swallowed
+                await settle(message, exc, getattr(product, "sku", None), getattr(product, "event_id", None))
 
     @app.agent(promos)
     async def on_promo(stream):
         async for event in stream.events():
-            promo = await decoded(event.message)
-            if promo is None:
-                continue
-            assert isinstance(promo, PromoStarted)
-            for sku in dict.fromkeys(promo.skus):
-                await fanout.send(key=sku.encode(), value=PromoTarget(promo=promo, sku=sku).model_dump_json().encode())
-            if promo.categories:
-                for partition in range(CATALOG_PARTITIONS):
-                    target = PromoTarget(promo=promo, scan_partition=partition)
-                    await fanout.send(key=None, partition=partition, value=target.model_dump_json().encode())
+            message = event.message
+            metrics.events_consumed.labels(message.topic).inc()
+            try:
+                promo = decode(message.topic, message.value, max_bytes=settings.max_payload_bytes)
+                assert isinstance(promo, PromoStarted)
+                for key, partition, target in promo_targets(promo):
+                    await fanout.send(key=key, partition=partition, value=target.model_dump_json().encode())
+            except Exception as exc:  # noqa: BLE001 - classified in settle()
+                await settle(message, exc, None, None)
 
     @app.agent(fanout)
     async def on_promo_target(stream):
-        async for value in stream:
-            target = PromoTarget.model_validate_json(value)
-            for snapshot in matching_products(target):
-                await plan_and_send(snapshot, target.promo.event_id, promo=target.promo)
-
-    def matching_products(target: PromoTarget) -> list[ProductSnapshot]:
-        promo = target.promo
-        if target.sku is not None:
-            stored = catalog.get(target.sku)
-            return [ProductSnapshot.model_validate(stored)] if stored else []
-        wanted = set().union(*(category_keys(engine, c) for c in promo.categories))
-        listed = set(promo.skus)  # already targeted one by one
-        return [
-            ProductSnapshot.model_validate(stored)
-            for sku, stored in list(catalog.items())
-            if stored and sku not in listed and owns(sku, target.scan_partition)
-            and category_keys(engine, stored["category"]) & wanted
-        ]
+        async for event in stream.events():
+            target = PromoTarget.model_validate_json(event.value)  # written by on_promo: a defect here is a bug
+            try:
+                await flow.on_promo_target(target)
+            except Exception as exc:  # noqa: BLE001 - classified in settle()
+                await settle(event.message, exc, target.sku, target.promo.event_id)
 
     return app
 
 
-def run_planner(settings: Settings) -> None:
-    """Run the planner worker until SIGINT/SIGTERM (faust drains and commits on the way out)."""
-    metrics = Metrics()
-    metrics.serve(settings.metrics_port)
-    engine = PromptEngine.load(absolute_terms_policy=settings.absolute_terms_policy)
-    app = create_app(settings, engine, metrics)
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), override_logging=False)
-    worker.execute_from_commandline()
+def planner_worker(app: faust.App, settings: Settings, on_stop_signal: Callable[[], None]) -> faust.Worker:
+    """faust's worker, with ``on_stop_signal`` called when SIGTERM/SIGINT arrives (the shutdown deadline)."""
+
+    class Worker(faust.Worker):
+        def _schedule_shutdown(self, signal) -> None:  # mode.Worker's one entry for both signals
+            on_stop_signal()
+            super()._schedule_shutdown(signal)
+
+    return Worker(app, loglevel=settings.log_level.lower(), override_logging=False)

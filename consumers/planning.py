@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from consumers.outcomes import failed_event
 from inference.params import ParamsError, plan_params
 from inference.prompt import ContentRefused, PromptEngine, VariantSpec
 from schemas.events import (
@@ -20,7 +21,6 @@ from schemas.events import (
     ProductSnapshot,
     PromoStarted,
     Prompt,
-    Reason,
     RenderParams,
     VideoFailed,
     VideoRequested,
@@ -53,7 +53,7 @@ class Planner:
             plan.requests = [self._request(product, v, source_event_id, promo) for v in variants]
         except (ContentRefused, ParamsError) as exc:
             # The product (or the promo's variant spec) is refused as a whole: no partial set of variants.
-            plan.failures.append(failure(exc, product.sku, source_event_id))
+            plan.failures.append(failed_event(exc, sku=product.sku, source_event_id=source_event_id))
         return plan
 
     def _request(
@@ -78,21 +78,3 @@ class Planner:
             title=product.title,
             source_event_id=source_event_id,
         )
-
-
-def failure(exc: Exception, sku: str | None, source_event_id: str | None, **details) -> VideoFailed:
-    """A ``video.failed`` event for an exception that carries a ``Reason`` (else ``render_error``)."""
-    reason = getattr(exc, "reason", Reason.RENDER_ERROR)
-    rule = getattr(exc, "rule", None)
-    if rule:
-        details["rule"] = rule
-    digest = hashlib.sha256(f"{source_event_id}|{sku}|{reason}|{details}".encode()).hexdigest()[:32]
-    return VideoFailed(
-        event_id=f"fail-{digest}",
-        occurred_at=datetime.now(UTC),
-        reason=reason,
-        message=str(exc) or type(exc).__name__,
-        sku=sku,
-        source_event_id=source_event_id,
-        details=details,
-    )

@@ -21,10 +21,11 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProce
 
 from inference.quality import require_frames, sample_indices
 from schemas.events import Reason
+from skuvid.errors import SkuvidError
 from skuvid.settings import TINY_MODEL, Settings
 
 
-class ClipError(RuntimeError):
+class ClipError(SkuvidError, RuntimeError):
     """The CLIP model cannot be loaded or run."""
 
     reason = Reason.RENDER_ERROR

@@ -21,13 +21,14 @@ from av.video.reformatter import Colorspace, VideoReformatter
 from PIL import Image
 
 from schemas.events import Reason
+from skuvid.errors import SkuvidError
 
 _BT709 = 1  # AVCOL_SPC_BT709 == AVCOL_PRI_BT709 == AVCOL_TRC_BT709
 _LIMITED_RANGE = 1  # AVCOL_RANGE_MPEG
 _CHUNK = 1 << 20
 
 
-class EncodeError(RuntimeError):
+class EncodeError(SkuvidError, RuntimeError):
     """Frames cannot be encoded (bad shape, odd size) or the encoder failed."""
 
     reason = Reason.INVALID_OUTPUT

@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import ImageFont
 
 from schemas.events import Reason
+from skuvid.errors import Outcome, SkuvidError
 
 # Debian/Ubuntu, Fedora/RHEL, Arch and Alpine homes of the fonts the project installs or accepts.
 KNOWN_CJK_FONTS: tuple[Path, ...] = (
@@ -32,10 +33,11 @@ _NOT_A_CHARACTER = "\uffff"
 _PROBE_SIZE_PX = 32
 
 
-class FontError(RuntimeError):
-    """No usable CJK font: the label cannot be drawn, so the video must not be published."""
+class FontError(SkuvidError, RuntimeError):
+    """No usable CJK font: the label cannot be drawn, so no video may be published: the process cannot work."""
 
     reason = Reason.RENDER_ERROR
+    kind = Outcome.FATAL
 
 
 def missing_glyphs(font_path: Path, text: str) -> list[str]:

@@ -28,6 +28,7 @@ from urllib.request import url2pathname
 from PIL import Image, ImageOps
 
 from schemas.events import Reason
+from skuvid.errors import Outcome, SkuvidError
 from skuvid.settings import Settings
 
 MAX_REDIRECTS = 3
@@ -35,18 +36,25 @@ CHUNK_BYTES = 64 * 1024
 #: Decoded formats we accept; anything else (PSD, EPS, ...) is refused even if Pillow could read it.
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
 USER_AGENT = "skuvid-image-fetch/1"
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: IPv6 ranges that carry an IPv4 address in their last 32 bits (NAT64, RFC 6052 and RFC 8215).
+NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 
-class ImageFetchError(Exception):
-    """The product image could not be fetched or decoded; ``message`` names the URL and the cause."""
+class ImageFetchError(SkuvidError):
+    """The product image could not be fetched or decoded; ``message`` names the URL and the cause.
 
-    reason: Reason = Reason.IMAGE_FETCH_FAILED
+    ``transient`` marks what a later try may fix (a timeout, a refused or reset connection, HTTP 5xx/429, a
+    DNS server that did not answer); a forbidden, missing or undecodable image is permanent.
+    """
 
-    def __init__(self, url: str, cause: str) -> None:
+    reason = Reason.IMAGE_FETCH_FAILED
+
+    def __init__(self, url: str, cause: str, *, transient: bool = False) -> None:
+        super().__init__(f"cannot fetch image {url[:300]!r}: {cause}", kind=Outcome.RETRY if transient else None,
+                         details={"image_url": url[:300]})
         self.url = url
         self.cause = cause
-        self.message = f"cannot fetch image {url!r}: {cause}"
-        super().__init__(self.message)
 
 
 def fetch_image(
@@ -190,7 +198,8 @@ def _vetted_address(url: str, host: str, port: int, *, allow_private: bool) -> s
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise ImageFetchError(url, f"cannot resolve host {host!r} ({exc})") from exc
+        transient = isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_AGAIN
+        raise ImageFetchError(url, f"cannot resolve host {host!r} ({exc})", transient=transient) from exc
     addresses = [info[4][0] for info in infos]
     if not addresses:
         raise ImageFetchError(url, f"host {host!r} has no address")
@@ -203,13 +212,31 @@ def _vetted_address(url: str, host: str, port: int, *, allow_private: bool) -> s
 
 
 def _is_forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    mapped = getattr(ip, "ipv4_mapped", None)
-    if mapped is not None:
-        ip = mapped
-    return (
-        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
-        or ip.is_unspecified or not ip.is_global
+    """Not a public address, or an IPv6 address wrapping an IPv4 one that is not public: routers translate
+    6to4, NAT64, Teredo, IPv4-mapped and IPv4-compatible forms back to the IPv4 address inside."""
+    candidates = embedded_ipv4(ip) or [ip]  # the wrapper ranges themselves are "special purpose"
+    return any(
+        a.is_private or a.is_loopback or a.is_link_local or a.is_multicast or a.is_reserved
+        or a.is_unspecified or not a.is_global
+        for a in candidates
     )
+
+
+def embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (IPv4-mapped, 6to4, Teredo server and client, NAT64,
+    IPv4-compatible); empty for IPv4 and plain IPv6 addresses."""
+    if ip.version == 4:
+        return []
+    assert isinstance(ip, ipaddress.IPv6Address)
+    found = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if any(ip in net for net in NAT64_PREFIXES):
+        found.append(low32)
+    if int(ip) >> 32 == 0 and int(ip) > 1:  # ::a.b.c.d, the deprecated IPv4-compatible form
+        found.append(low32)
+    return found
 
 
 def _connection(scheme: str, host: str, port: int, address: str, timeout: float) -> http.client.HTTPConnection:
@@ -234,7 +261,7 @@ def _get(
     """One GET: the body (bytes) or, for a redirect, the ``Location`` (str)."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise ImageFetchError(url, "timed out")
+        raise ImageFetchError(url, "timed out", transient=True)
     parts = urlsplit(current)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     conn = _connection(scheme, host, port, address, remaining)
@@ -248,7 +275,7 @@ def _get(
                 raise ImageFetchError(url, f"HTTP {resp.status} without a Location header")
             return location
         if resp.status != 200:
-            raise ImageFetchError(url, f"HTTP status {resp.status}")
+            raise ImageFetchError(url, f"HTTP status {resp.status}", transient=resp.status in TRANSIENT_STATUS)
         content_type = (resp.getheader("Content-Type") or "").split(";", 1)[0].strip().lower()
         if not content_type.startswith("image/"):
             raise ImageFetchError(url, f"content type {content_type or 'missing'!r} is not image/*")
@@ -258,7 +285,7 @@ def _get(
         return _read_body(url, resp, sock, max_bytes=max_bytes, deadline=deadline)
     except (OSError, http.client.HTTPException) as exc:
         cause = "timed out" if isinstance(exc, TimeoutError) else f"{exc.__class__.__name__}: {exc}"
-        raise ImageFetchError(url, cause) from exc
+        raise ImageFetchError(url, cause, transient=True) from exc
     finally:
         conn.close()
 
@@ -272,7 +299,7 @@ def _read_body(
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise ImageFetchError(url, "timed out")
+            raise ImageFetchError(url, "timed out", transient=True)
         if sock is not None:
             sock.settimeout(remaining)
         chunk = resp.read1(CHUNK_BYTES)

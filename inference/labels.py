@@ -22,6 +22,7 @@ from pydantic import ConfigDict, Field, StringConstraints, ValidationError
 from inference.fonts import missing_glyphs
 from inference.overlay import PLAYER_CONTROLS_FRACTION, Patch, TextStyle, render_text
 from schemas.events import Locale, Model, Reason
+from skuvid.errors import SkuvidError
 
 Corner = Literal["top-left", "top-right", "bottom-left", "bottom-right"]
 
@@ -36,7 +37,7 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 Ascii = Annotated[str, StringConstraints(pattern=r"^[\x20-\x7e]*$", max_length=256)]
 
 
-class LabelError(ValueError):
+class LabelError(SkuvidError, ValueError):
     """A label cannot be drawn or written, or a file carries no readable AIGC label."""
 
     reason = Reason.INVALID_OUTPUT

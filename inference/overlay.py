@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from schemas.events import OverlayCaption, Reason
+from skuvid.errors import SkuvidError
 
 # Mobile players put their controls (scrubber, buttons) over roughly the bottom eighth of the picture.
 PLAYER_CONTROLS_FRACTION = 0.12
@@ -25,7 +26,7 @@ MIN_CAPTION_HEIGHT_FRACTION = 0.035
 _MAX_FONT_PX = 1000
 
 
-class OverlayError(ValueError):
+class OverlayError(SkuvidError, ValueError):
     """Text cannot be placed as required (frame too small for the text, bad times)."""
 
     reason = Reason.RENDER_ERROR

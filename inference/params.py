@@ -12,6 +12,7 @@ import math
 from typing import Final
 
 from schemas.events import Reason, RenderParams
+from skuvid.errors import SkuvidError
 from skuvid.settings import Settings
 
 #: (width, height) per resolution preset and aspect. All are multiples of 32, which Wan2.2 TI2V-5B needs
@@ -32,14 +33,10 @@ MAX_FLOW_SHIFT: Final = 20.0
 SEED_LIMIT: Final = 2**63
 
 
-class ParamsError(ValueError):
+class ParamsError(SkuvidError, ValueError):
     """A render parameter is out of range; ``message`` names the parameter and the bad value."""
 
-    reason: Reason = Reason.INVALID_PARAMS
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    reason = Reason.INVALID_PARAMS
 
 
 def frames_for(duration_s: float, fps: int) -> int:

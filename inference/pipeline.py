@@ -18,7 +18,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +30,7 @@ from PIL import Image
 from inference.image_fetch import fit_image
 from inference.tiny_model import ensure_tiny_model
 from schemas.events import Reason, RenderParams
+from skuvid.errors import FatalError, Outcome, SkuvidError
 from skuvid.settings import TINY_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,12 @@ log = logging.getLogger(__name__)
 MAX_SEQUENCE_LENGTH = 512  # UMT5 tokens per prompt, as the official pipeline
 
 
-class GenerationError(Exception):
-    """Generation failed; ``reason`` steers the worker (retry, video.failed), ``message`` says what happened."""
+class GenerationError(SkuvidError):
+    """Generation failed; ``reason`` steers the worker, ``message`` says what happened. Out of GPU memory is
+    transient (the worker retries the request later, bounded); every other reason is permanent for the request."""
 
     def __init__(self, reason: Reason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+        super().__init__(message, reason=reason, kind=Outcome.RETRY if reason is Reason.GPU_OOM else Outcome.FAILED)
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ class RuntimeOptions:
 
 
 BatchResult = np.ndarray | GenerationError
+StepCallback = Callable[[int, int], None]  # (denoising step done, steps in all)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -140,8 +141,15 @@ class VideoGenerator:
         device = resolve_device(settings.device)
         source = str(ensure_tiny_model(settings.tiny_model_dir)) if settings.model == TINY_MODEL else settings.model
         dtype = transformer_dtype_for(device)
-        vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=torch.float32)
-        t2v = WanPipeline.from_pretrained(source, vae=vae, dtype=dtype)
+        try:
+            vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=torch.float32)
+            t2v = WanPipeline.from_pretrained(source, vae=vae, dtype=dtype)
+        except (OSError, ValueError) as exc:  # no weights on disk and none to download, or not a diffusers folder
+            raise FatalError(
+                f"model {settings.model!r} cannot be loaded ({str(exc).splitlines()[0][:300]}); set SKUVID_MODEL "
+                "to a local folder holding the diffusers weights of Wan2.2 TI2V-5B, or to 'tiny' for the "
+                "built-in random-weight model", reason=Reason.MODEL_UNAVAILABLE,
+            ) from None
         t2v.set_progress_bar_config(disable=True)
         t2v.scheduler = flow_scheduler(t2v.scheduler.config, settings.flow_shift)
         options = RuntimeOptions.from_settings(settings)
@@ -198,16 +206,20 @@ class VideoGenerator:
     # --- generation -----------------------------------------------------------------------------------------
 
     def generate(
-        self, *, prompt: str, negative_prompt: str, params: RenderParams, image: Image.Image | None = None
+        self, *, prompt: str, negative_prompt: str, params: RenderParams, image: Image.Image | None = None,
+        on_step: StepCallback | None = None,
     ) -> np.ndarray:
         """Render one clip: uint8 array (num_frames, height, width, 3). Same inputs and seed, same frames
-        (on one device). ``guidance_scale <= 1`` disables classifier-free guidance (one forward per step)."""
-        result = self.generate_batch([GenerationRequest(prompt, negative_prompt, params, image)])[0]
+        (on one device). ``guidance_scale <= 1`` disables classifier-free guidance (one forward per step).
+        ``on_step(n, total)`` is called after each denoising step (progress display)."""
+        result = self.generate_batch([GenerationRequest(prompt, negative_prompt, params, image)], on_step=on_step)[0]
         if isinstance(result, GenerationError):
             raise result
         return result
 
-    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[BatchResult]:
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], on_step: StepCallback | None = None
+    ) -> list[BatchResult]:
         """Render several clips; same-shape requests (and, for image-to-video, the same photo) share one
         pipeline call of up to ``max_batch`` videos. Each clip equals what ``generate`` would give for it
         (its own seeded noise). One entry per request, in order: the frames, or the error for that request."""
@@ -215,7 +227,7 @@ class VideoGenerator:
         for group in self._groups(requests):
             batch = [requests[i] for i in group]
             try:
-                frames = self._render(batch)
+                frames = self._render(batch, on_step)
             except GenerationError as exc:
                 for i in group:
                     results[i] = exc
@@ -235,7 +247,7 @@ class VideoGenerator:
         size = max(1, self.options.max_batch)
         return [idx[j : j + size] for idx in by_key.values() for j in range(0, len(idx), size)]
 
-    def _render(self, batch: list[GenerationRequest]) -> np.ndarray:
+    def _render(self, batch: list[GenerationRequest], on_step: StepCallback | None = None) -> np.ndarray:
         """One pipeline call for ``batch`` (same shape, same photo) -> float frames (B, F, H, W, 3) in [0, 1]."""
         params = batch[0].params
         self._check_params(params)
@@ -255,6 +267,8 @@ class VideoGenerator:
         )
         if image is not None:
             kwargs["image"] = fit_image(image, params.width, params.height, policy=self.options.image_fit)
+        if on_step is not None:
+            kwargs["callback_on_step_end"] = _step_reporter(on_step, params.steps)
         with self._lock:
             return self._call_with_oom_retry(pipe, params.flow_shift, kwargs)
 
@@ -326,6 +340,16 @@ def _check_output(clip: np.ndarray, params: RenderParams) -> BatchResult:
         bad = int(clip.size - np.count_nonzero(finite))
         return GenerationError(Reason.INVALID_OUTPUT, f"{bad} of {clip.size} output values are NaN or infinite")
     return np.rint(np.clip(clip, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _step_reporter(on_step: StepCallback, total: int) -> Callable[..., dict]:
+    """A diffusers ``callback_on_step_end`` that reports the step and changes nothing."""
+
+    def callback(_pipe: Any, step: int, _timestep: Any, tensors: dict) -> dict:
+        on_step(step + 1, total)
+        return tensors
+
+    return callback
 
 
 def _free_memory() -> None:

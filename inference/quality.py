@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from schemas.events import QualityReport, Reason
+from skuvid.errors import SkuvidError
 from skuvid.settings import Settings
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ METRIC_OF_CHECK = {"nonfinite": "nonfinite_fraction", "black": "black_fraction",
                    "frozen": "motion"}
 
 
-class FrameError(ValueError):
+class FrameError(SkuvidError, ValueError):
     """Frames are not a uint8 (F, H, W, 3) RGB stack: the generator's output is unusable."""
 
     reason = Reason.INVALID_OUTPUT

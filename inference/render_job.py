@@ -8,6 +8,7 @@ or an infrastructure fault and propagates.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,19 +22,23 @@ from inference.pipeline import VideoGenerator
 from inference.postprocess import Renditions, finish_video
 from inference.quality import GateResult, QualityGate
 from schemas.events import QualityReport, Reason, VideoRequested
+from skuvid.errors import SkuvidError
 from skuvid.settings import Settings
 
 log = logging.getLogger(__name__)
 
+Progress = Callable[[str, int | None, int | None], None]  # (stage, step, steps): step/steps None outside denoising
 
-class RenderError(Exception):
+
+def _silent(stage: str, step: int | None, total: int | None) -> None:
+    return None
+
+
+class RenderError(SkuvidError):
     """The request cannot become a video; ``reason`` is published in ``video.failed``."""
 
     def __init__(self, reason: Reason, message: str, details: dict | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.details = details or {}
+        super().__init__(message, reason=reason, details=details)
 
 
 @dataclass(frozen=True)
@@ -59,10 +64,16 @@ class RenderJob:
         self.gate = gate
         self.font_path = find_cjk_font(settings.font_path)  # fail at start-up, not on the first job
 
-    def render(self, request: VideoRequested, out_dir: Path) -> RenderedVideo:
+    def render(self, request: VideoRequested, out_dir: Path, *, image: Image.Image | None = None,
+               progress: Progress | None = None) -> RenderedVideo:
+        """``image``: the product photo when the caller fetched it already (else it is fetched here).
+        ``progress(stage, step, total)`` hears of each stage and denoising step (for a terminal)."""
+        report = progress or _silent
         self._check_model(request)
-        image = self._product_image(request)
-        best, attempts = self._best_attempt(request, image)
+        if image is None and request.image_url:
+            report("fetching image", None, None)
+            image = self._product_image(request)
+        best, attempts = self._best_attempt(request, image, report)
         passed = best.gate.passed
         if not passed and not self.settings.quality_publish_best_below_gate:
             raise RenderError(
@@ -70,6 +81,7 @@ class RenderJob:
                 f"no attempt passed the quality gate in {self.settings.quality_max_attempts}: {best.gate.failures}",
                 best.gate.failure_details(attempts),
             )
+        report("labelling and encoding", None, None)
         renditions = finish_video(
             best.frames,
             out_dir=out_dir,
@@ -103,22 +115,26 @@ class RenderJob:
     def _product_image(self, request: VideoRequested) -> Image.Image | None:
         if not request.image_url:
             return None
-        try:
-            # Unfitted: the generator fits it to the frame with the configured pad/crop policy.
-            return fetch_image_for(self.settings, request.image_url)
-        except Exception as exc:  # noqa: BLE001 - every fetch defect is the request's, reported with its reason
-            raise RenderError(Reason.IMAGE_FETCH_FAILED, str(exc), {"image_url": request.image_url}) from exc
+        # Unfitted: the generator fits it to the frame with the configured pad/crop policy. ImageFetchError
+        # says itself whether a later try may succeed (a timeout) or not (a forbidden or broken image).
+        return fetch_image_for(self.settings, request.image_url)
 
-    def _best_attempt(self, request: VideoRequested, image: Image.Image | None) -> tuple[_Attempt, int]:
+    def _best_attempt(self, request: VideoRequested, image: Image.Image | None,
+                      report: Progress) -> tuple[_Attempt, int]:
         """Generate until an attempt passes the gate (new seed each time); the best-scoring one and the count."""
         best: _Attempt | None = None
         attempts = 0
         for attempt in range(self.settings.quality_max_attempts):
             seed = (request.params.seed + attempt) % 2**63
             params = request.params.model_copy(update={"seed": seed})
+            stage = f"generating (attempt {attempt + 1})"
+            report(stage, 0, params.steps)
+            on_step = None if report is _silent else (lambda n, total, stage=stage: report(stage, n, total))
             frames = self.generator.generate(
-                prompt=request.prompt.positive, negative_prompt=request.prompt.negative, params=params, image=image
+                prompt=request.prompt.positive, negative_prompt=request.prompt.negative, params=params, image=image,
+                on_step=on_step,
             )
+            report("quality gate", None, None)
             gate = self.gate.evaluate(frames, request.prompt.positive, image)
             attempts = attempt + 1
             log.info("%s attempt %d seed %d: %s %s", request.sku, attempt + 1, seed, gate.passed, gate.failures)

@@ -12,13 +12,14 @@ from pydantic import BaseModel
 
 from schemas.codec import Headers, ce_headers, encode_value, record_key
 from schemas.topics import Topic
+from skuvid.kafka_clients import aiokafka_options
 from skuvid.settings import Settings
 
 
 def producer_config(settings: Settings) -> dict:
     """Production client settings: every record acknowledged by all in-sync replicas, no duplicates on retry."""
     return {
-        "bootstrap_servers": settings.kafka_bootstrap,
+        **aiokafka_options(settings),  # bootstrap servers and security, as every skuvid client connects
         "client_id": f"{settings.kafka_client_id}-producer",
         "acks": "all",
         "enable_idempotence": settings.kafka_idempotent,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.events import Reason
 from schemas.topics import BY_NAME, Topic
+from skuvid.errors import Outcome, SkuvidError
 
 EventT = TypeVar("EventT", bound=BaseModel)
 Headers = list[tuple[str, bytes]]
@@ -21,13 +22,13 @@ Headers = list[tuple[str, bytes]]
 SOURCE = "urn:skuvid"
 
 
-class DecodeError(Exception):
+class DecodeError(SkuvidError):
     """A record that cannot become its topic's event; ``reason`` says why, for the dead-letter topic."""
 
+    kind = Outcome.DEAD_LETTER
+
     def __init__(self, reason: Reason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+        super().__init__(message, reason=reason)
 
 
 def encode_value(event: BaseModel) -> bytes:

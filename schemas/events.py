@@ -1,7 +1,10 @@
 """Typed events on every skuvid topic (schema version 1).
 
-A breaking change is a new model version and a new topic suffix, never an edit in place: the exported JSON
-Schema files in ``schemas/jsonschema`` are checked in and a test fails when they drift from these models.
+Input events (``product.*``, ``promo.started``) are tolerant readers: fields skuvid does not know are accepted
+and dropped at the boundary (never stored, prompted or hashed), while known fields stay strictly typed.
+skuvid's own events are strict: unknown fields are refused. A breaking change is a new model version and a
+new topic suffix, never an edit in place (rules in ``schemas/README.md``); the exported JSON Schema files in
+``schemas/generated`` are checked in and a test fails when they drift from these models.
 """
 
 from __future__ import annotations
@@ -60,12 +63,18 @@ class Reason(StrEnum):
 
 
 class Model(BaseModel):
-    """Base for every boundary model: unknown fields are refused, instances are immutable."""
+    """Base of skuvid's own models: unknown fields are refused, instances are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Event(Model):
+class InputModel(BaseModel):
+    """Base of what other teams send: unknown fields are ignored (tolerant reader), known ones strictly typed."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, json_schema_extra={"additionalProperties": True})
+
+
+class EventFields(BaseModel):
     """Fields every event carries; ``event_id`` is also the CloudEvents ``id`` header."""
 
     schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Version of this event's schema.")
@@ -73,8 +82,16 @@ class Event(Model):
     occurred_at: AwareDatetime = Field(description="When the event happened (RFC 3339, with offset).")
 
 
-class ProductFields(Model):
-    """The product data skuvid needs to plan a video."""
+class Event(EventFields, Model):
+    """Base of skuvid's own events (strict)."""
+
+
+class InputEvent(EventFields, InputModel):
+    """Base of the events skuvid consumes from other teams (tolerant)."""
+
+
+class ProductFields(InputModel):
+    """The product data skuvid needs to plan a video; anything else a catalog sends (price, stock …) is ignored."""
 
     sku: Sku = Field(description="Stock keeping unit: the product's stable id.", examples=["SKU-1001"])
     title: Annotated[str, StringConstraints(max_length=300)] = Field(
@@ -104,7 +121,7 @@ class ProductSnapshot(ProductFields):
     """The latest full state of one product, as kept in the planner's table."""
 
 
-class ProductCreated(Event, ProductFields):
+class ProductCreated(InputEvent, ProductFields):
     """``product.created``: a new product, full snapshot."""
 
     def snapshot(self) -> ProductSnapshot:
@@ -115,7 +132,7 @@ class ProductUpdated(ProductCreated):
     """``product.updated``: the full new snapshot of a product (not a patch)."""
 
 
-class PromoStarted(Event):
+class PromoStarted(InputEvent):
     """``promo.started``: a promotion starts; every matching product gets a promo variant."""
 
     promo_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(examples=["P-1111"])
@@ -227,15 +244,29 @@ class VideoReady(Event):
     provenance: Provenance
 
 
+MAX_MESSAGE_CHARS = 2000
+MAX_DETAIL_CHARS = 500
+MAX_DETAILS = 32
+DetailValue = Annotated[str, StringConstraints(max_length=MAX_DETAIL_CHARS)] | float | int | bool | None
+
+
 class VideoFailed(Event):
-    """``video.failed``: a product or request that will not get a video, and why."""
+    """``video.failed``: a product or request that will not get a video, and why.
+
+    Bounded by construction (build it with ``consumers.outcomes.failed_event``): the message and every detail
+    are cut to a limit and ``truncated`` says so, so publishing an outcome can never exceed the broker's limit.
+    """
 
     reason: Reason
-    message: str
-    sku: str | None = None
+    message: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_CHARS)]
+    sku: Annotated[str, StringConstraints(max_length=64)] | None = None
     request_key: Sha256Hex | None = None
-    source_event_id: str | None = None
-    details: dict[str, str | float | int | bool | None] = Field(default_factory=dict)
+    source_event_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    attempts: int = Field(default=1, ge=1, description="How many times the request was tried.")
+    details: dict[Annotated[str, StringConstraints(max_length=64)], DetailValue] = Field(
+        default_factory=dict, max_length=MAX_DETAILS
+    )
+    truncated: bool = Field(default=False, description="The message or a detail was cut to its bound.")
 
 
 class DeadLetter(Model):

@@ -36,6 +36,7 @@ import threading
 import time
 import uuid
 from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from string import Template
@@ -50,6 +51,7 @@ from schemas.topics import ALL_TOPICS, Topic
 log = logging.getLogger(__name__)
 
 KAFKA_DEPLOY_DIR = Path("deploy/kafka")  # relative to the repository root
+SASL_SSL_OVERLAY = "server-sasl-ssl.properties"  # in KAFKA_DEPLOY_DIR, appended for a SASL_SSL listener
 KAFKA_LIB_DIR = Path(".cache/kafka/lib")  # relative to the repository root; git-ignored
 KAFKA_HEAP = ("-Xms256m", "-Xmx512m")
 STOP_TIMEOUT_S = 30.0
@@ -314,17 +316,52 @@ def _new_cluster_id() -> str:
             return cid
 
 
+_SCRAM_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+@dataclass(frozen=True)
+class SaslSslListener:
+    """A second, secured listener for ``KafkaBroker``: SASL/SCRAM over TLS, as a production cluster has.
+
+    The broker's certificate comes as PEM text (a test makes it with ``trustme``): the chain, leaf first, and
+    an unencrypted PKCS#8 private key (``-----BEGIN PRIVATE KEY-----``, the only unencrypted form Kafka's
+    PEM keystore reads). The one SCRAM user is written into the cluster metadata when storage is formatted,
+    so a broker restarted on formatted data keeps its first user. Names and passwords are limited to
+    ``[A-Za-z0-9._-]``: the storage tool's ``--add-scram`` syntax has no escaping. Secrets stay out of repr.
+    """
+
+    certificate_chain_pem: str = field(repr=False)
+    private_key_pem: str = field(repr=False)
+    username: str
+    password: str = field(repr=False)
+    mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    port: int | None = None  # None: a free port
+
+    def __post_init__(self) -> None:
+        if "BEGIN PRIVATE KEY" not in self.private_key_pem:
+            raise ValueError("private_key_pem must be an unencrypted PKCS#8 PEM key (BEGIN PRIVATE KEY)")
+        for name in ("username", "password"):
+            if not getattr(self, name) or not set(getattr(self, name)) <= _SCRAM_SAFE:
+                raise ValueError(f"SCRAM {name} must be non-empty and use only letters, digits, '.', '_', '-'")
+
+
 class KafkaBroker(_BrokerProcess):
     """Apache Kafka 4.x, KRaft, one node (broker + controller), listening on 127.0.0.1.
 
     ``work_dir`` holds ``server.properties``, the data in ``data/`` and the broker's output in ``kafka.log``.
     Starting again on a ``work_dir`` whose data is formatted keeps the data (a broker restart).
+    ``bootstrap`` is always the PLAINTEXT listener; with ``sasl_ssl`` the broker also serves SASL_SSL on
+    ``sasl_ssl_bootstrap`` (None otherwise).
     """
 
     supports_idempotence = True
+    sasl_ssl_bootstrap: str | None = None
 
     @classmethod
-    def start(cls, work_dir: Path, *, repo_root: Path, port: int | None = None, timeout_s: float = 90) -> KafkaBroker:
+    def start(
+        cls, work_dir: Path, *, repo_root: Path, port: int | None = None, timeout_s: float = 90,
+        sasl_ssl: SaslSslListener | None = None,
+    ) -> KafkaBroker:
         """Resolve the jars (cached), write the config, format storage once, start and wait for metadata.
 
         Raises ``BrokerError`` with the reason and the tail of ``kafka.log`` when anything fails.
@@ -337,7 +374,8 @@ class KafkaBroker(_BrokerProcess):
         controller_port = free_port()
         work_dir.mkdir(parents=True, exist_ok=True)
         data_dir = work_dir / "data"
-        props = _write_server_properties(repo_root, work_dir, port, controller_port, data_dir)
+        overlay, sasl_ssl_port = _sasl_ssl_overlay(repo_root, sasl_ssl, port, controller_port)
+        props = _write_server_properties(repo_root, work_dir, port, controller_port, data_dir, overlay)
         jvm = [
             java,
             "-cp",
@@ -345,26 +383,65 @@ class KafkaBroker(_BrokerProcess):
             f"-Dlog4j2.configurationFile={repo_root / KAFKA_DEPLOY_DIR / 'log4j2.properties'}",
         ]
         if not (data_dir / "meta.properties").exists():
-            _format_storage(jvm, props, work_dir)
+            _format_storage(jvm, props, work_dir, _scram_args(sasl_ssl))
         log_path = work_dir / "kafka.log"
         cmd = [*jvm, *KAFKA_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true", "kafka.Kafka", str(props)]
         broker = cls(_spawn(cmd, log_path, work_dir), port, work_dir, log_path)
+        if sasl_ssl_port is not None:
+            broker.sasl_ssl_bootstrap = f"127.0.0.1:{sasl_ssl_port}"
         broker._wait_ready(timeout_s)
         return broker
 
 
-def _write_server_properties(repo_root: Path, work_dir: Path, port: int, controller_port: int, data_dir: Path) -> Path:
+def _write_server_properties(
+    repo_root: Path, work_dir: Path, port: int, controller_port: int, data_dir: Path, overlay: str = ""
+) -> Path:
     template = Template((repo_root / KAFKA_DEPLOY_DIR / "server.properties").read_text())
-    text = template.substitute(port=port, controller_port=controller_port, log_dir=data_dir)
+    text = template.substitute(port=port, controller_port=controller_port, log_dir=data_dir) + overlay
     path = work_dir / "server.properties"
     path.write_text(text)
     return path
 
 
-def _format_storage(jvm: list[str], props: Path, work_dir: Path) -> None:
-    """``kafka-storage format``: write meta.properties and the bootstrap metadata for a new cluster."""
+def _sasl_ssl_overlay(
+    repo_root: Path, listener: SaslSslListener | None, port: int, controller_port: int
+) -> tuple[str, int | None]:
+    """The lines appended to server.properties for ``listener`` (later keys win in a Java properties file)
+    and the listener's port; ``("", None)`` without a listener."""
+    if listener is None:
+        return "", None
+    sasl_ssl_port = listener.port or free_port()
+    _require_free(sasl_ssl_port)
+    template = Template((repo_root / KAFKA_DEPLOY_DIR / SASL_SSL_OVERLAY).read_text())
+    text = template.substitute(
+        port=port, controller_port=controller_port, sasl_ssl_port=sasl_ssl_port,
+        mechanism=listener.mechanism, mechanism_lower=listener.mechanism.lower(),
+        certificate_chain=_properties_value(listener.certificate_chain_pem),
+        private_key=_properties_value(listener.private_key_pem),
+    )  # fmt: skip
+    return "\n" + text, sasl_ssl_port
+
+
+def _properties_value(pem: str) -> str:
+    """PEM text as one properties line: Java reads the two characters ``\\n`` in a value as a newline."""
+    return pem.strip().replace("\r\n", "\n").replace("\n", "\\n")
+
+
+def _scram_args(listener: SaslSslListener | None) -> list[str]:
+    """StorageTool arguments that create the listener's SCRAM user in the new cluster's metadata."""
+    if listener is None:
+        return []
+    return ["--add-scram", f"{listener.mechanism}=[name={listener.username},password={listener.password}]"]
+
+
+def _format_storage(jvm: list[str], props: Path, work_dir: Path, extra_args: list[str] | None = None) -> None:
+    """``kafka-storage format``: write meta.properties and the bootstrap metadata for a new cluster.
+
+    ``extra_args`` (e.g. ``--add-scram``) go to the tool as they are; they may hold a password, so the
+    error below names the properties file, never the command line.
+    """
     cmd = [*jvm, "-Xmx256m", "-XX:TieredStopAtLevel=1", "kafka.tools.StorageTool",
-           "format", "-t", _new_cluster_id(), "-c", str(props)]  # fmt: skip
+           "format", "-t", _new_cluster_id(), "-c", str(props), *(extra_args or [])]  # fmt: skip
     done = subprocess.run(
         cmd, check=False, capture_output=True, text=True, cwd=work_dir, stdin=subprocess.DEVNULL, timeout=120
     )
@@ -427,23 +504,43 @@ class TansuBroker(_BrokerProcess):
 # --- topics and the factory ----------------------------------------------------------------------------
 
 
-def create_topics(bootstrap: str, topics: Iterable[Topic], *, replication: int = 1, timeout_s: float = 30) -> None:
+def create_topics(
+    bootstrap: str, topics: Iterable[Topic], *, replication: int = 1, timeout_s: float = 30,
+    client_options: dict[str, Any] | None = None,
+) -> None:
     """Create ``topics`` with their partition counts; wait until metadata shows every partition with a leader.
+
+    ``client_options`` are further ``AIOKafkaAdminClient`` arguments, e.g. the security options of
+    ``skuvid.kafka_clients.security_options`` for a SASL_SSL listener; ``bootstrap`` always wins over a
+    ``bootstrap_servers`` among them. None: PLAINTEXT.
 
     Idempotent: a topic that already exists with the same partition count is fine. Raises ``BrokerError``
     with ``topic_mismatch`` (exists with another partition count) or ``topic_creation_failed`` (an error
     code from the broker, or partitions without a leader after ``timeout_s``).
     """
-    wanted = {t.name: t.partitions for t in topics}
+    ensure_topics(bootstrap, {t.name: t.partitions for t in topics}, replication=replication, timeout_s=timeout_s,
+                  client_options=client_options)
+
+
+def ensure_topics(
+    bootstrap: str, wanted: dict[str, int], *, configs: dict[str, dict[str, str]] | None = None,
+    replication: int = 1, timeout_s: float = 30, client_options: dict[str, Any] | None = None,
+) -> None:
+    """``create_topics`` for topics named by string (internal ones too): name -> partitions, and per-topic
+    configs for new topics (e.g. ``cleanup.policy=compact`` for changelogs). Same errors."""
     if wanted:
-        _run(_create_topics(bootstrap, wanted, replication, timeout_s))
+        _run(_create_topics(bootstrap, wanted, configs or {}, replication, timeout_s, client_options or {}))
 
 
-async def _create_topics(bootstrap: str, wanted: dict[str, int], replication: int, timeout_s: float) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+async def _create_topics(
+    bootstrap: str, wanted: dict[str, int], configs: dict[str, dict[str, str]], replication: int, timeout_s: float,
+    client_options: dict[str, Any],
+) -> None:
+    options = {**client_options, "bootstrap_servers": bootstrap, "request_timeout_ms": int(timeout_s * 1000)}
+    admin = AIOKafkaAdminClient(**options)
     await admin.start()
     try:
-        new = [NewTopic(name, n, replication) for name, n in wanted.items()]
+        new = [NewTopic(name, n, replication, topic_configs=configs.get(name, {})) for name, n in wanted.items()]
         response = await admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
         for name, code, *rest in response.topic_errors:
             if code not in (0, _TOPIC_ALREADY_EXISTS):

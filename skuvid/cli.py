@@ -1,12 +1,16 @@
 """The ``skuvid`` command: render, emit, serve, bench, demo, schemas.
 
-Bad input never shows a traceback: it prints ``{"reason": CODE, "message": …}`` on stdout and exits 2.
+No path shows a traceback. ``render`` exits 0 when it rendered, 2 when the input is refused (invalid JSON,
+schema, unsafe or empty content, a forbidden, unreachable or broken image, an unreadable file) and 1 for
+faults of the environment (model not available, out of memory, a bug), printing ``{"reason", "message"}``
+as one JSON line on stdout in both cases.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 
@@ -24,27 +28,48 @@ def _print_json(obj) -> None:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from skuvid.render_one import RenderOneError, render_product_file
+    from skuvid.errors import classify
+    from skuvid.render_one import INPUT_REASONS, render_product_file
 
     try:
-        ready = render_product_file(Path(args.product), Path(args.out), get_settings())
-    except RenderOneError as exc:
-        _print_json({"reason": exc.reason.value, "message": exc.message, **exc.details})
-        return EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILED
+        with _terminal_progress() as progress:
+            ready = render_product_file(Path(args.product), Path(args.out), get_settings(), progress=progress)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one JSON line and an exit code
+        failure = classify(exc)
+        _print_json({"reason": failure.reason.value, "message": failure.message, **failure.details})
+        return EXIT_BAD_INPUT if failure.reason in INPUT_REASONS else EXIT_FAILED
     _print_json(ready.model_dump(mode="json"))
     return 0
 
 
-def _cmd_emit(args: argparse.Namespace) -> int:
-    from aiokafka.errors import KafkaError
+@contextlib.contextmanager
+def _terminal_progress():
+    """A progress callback drawing stage and denoising step on stderr when it is a terminal; else None."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from producers.emit import EmitReport, dumps_report, emit_events, parse_lines, resolve_topic
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("reading product", total=None)
+
+        def report(stage: str, step: int | None, total: int | None) -> None:
+            bar.update(task, description=stage, completed=step or 0, total=total)
+
+        yield report
+
+
+def _cmd_emit(args: argparse.Namespace) -> int:
+    from producers.emit import EmitReport, dumps_report, emit_events, parse_numbered, resolve_topic
     from producers.publisher import Publisher
+    from skuvid.errors import classify
 
     settings = get_settings()
     try:
-        topic = resolve_topic(args.topic)
-        events, errors = parse_lines(topic, Path(args.file), settings.max_payload_bytes)
+        topic = resolve_topic(args.topic, allow_internal=args.allow_internal)
+        events, errors = parse_numbered(topic, Path(args.file), settings.max_payload_bytes)
     except (ValueError, OSError) as exc:
         _print_json({"reason": "invalid_input", "message": str(exc)})
         return EXIT_BAD_INPUT
@@ -58,17 +83,20 @@ def _cmd_emit(args: argparse.Namespace) -> int:
 
     try:
         report = asyncio.run(send()) if events else EmitReport(topic.name, errors=errors)
-    except KafkaError as exc:
-        _print_json({"reason": "broker_unavailable", "message": f"{settings.kafka_bootstrap}: {exc}"})
+    except Exception as exc:  # noqa: BLE001 - broker down, credentials refused …: one JSON line, no traceback
+        failure = classify(exc)
+        _print_json({"reason": failure.reason.value, "message": f"{settings.kafka_bootstrap}: {failure.message}"})
         return EXIT_FAILED
     for error in report.errors:
         print(f"{args.file}:{error.line}: {error.reason}: {error.message}", file=sys.stderr)
+    for line, event_id in report.sent_ids:
+        print(f"{args.file}:{line}: sent {event_id}", file=sys.stderr)
     print(dumps_report(report))
     return EXIT_BAD_INPUT if report.errors else 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from consumers.service import serve
+    from skuvid.composition import serve
 
     return serve(get_settings(), args.role)
 
@@ -84,7 +112,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from skuvid.demo import run_demo
 
-    return run_demo(Path(args.out), timeout_s=args.timeout)
+    return run_demo(Path(args.out), idle_timeout_s=args.idle_timeout)
 
 
 def _cmd_schemas(args: argparse.Namespace) -> int:
@@ -107,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("emit", help="validate a JSONL file against a topic's schema and publish it")
     p.add_argument("topic")
     p.add_argument("file")
+    p.add_argument("--allow-internal", action="store_true",
+                   help="also allow skuvid's own output and internal topics (video.ready, video.requested …)")
     p.set_defaults(func=_cmd_emit)
 
     p = sub.add_parser("serve", help="run the services against the configured broker")
@@ -114,14 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("bench", help="run a benchmark and print JSON")
-    p.add_argument("name", choices=("inference", "prompts", "postprocess", "planner"))
+    p.add_argument("name", choices=("inference", "prompts", "postprocess", "planner", "cli"))
     p.add_argument("--json", action="store_true", help="one line of JSON")
     p.add_argument("--full-size", action="store_true", help="inference: full 5B architecture (GPU)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="the whole system on an embedded broker with the tiny model")
     p.add_argument("--out", default="out/demo")
-    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--idle-timeout", type=float, default=180.0,
+                   help="give up after this many seconds without a new outcome (default 180)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("schemas", help="regenerate the JSON Schema and AsyncAPI files")

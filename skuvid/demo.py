@@ -3,6 +3,10 @@
 Starts the broker and both services as real processes, emits the bundled catalog (plus an unsafe product
 and a promo), waits for every expected ``video.ready`` (and the refusal), stops everything it started and
 writes a product-detail style gallery to ``out/demo/index.html``.
+
+There is no fixed deadline: a busy machine renders slower, not wrong. The demo waits as long as outcomes keep
+arriving (a live progress line on stderr) and gives up only after ``idle_timeout_s`` without a new one; the
+gallery then lists every expected outcome, the ones that never arrived included.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
@@ -27,6 +32,7 @@ from schemas.codec import decode
 from schemas.events import ProductCreated, PromoStarted, VideoFailed, VideoReady
 from schemas.topics import ALL_TOPICS, PRODUCT_CREATED, PROMO_STARTED, VIDEO_FAILED, VIDEO_READY
 from skuvid.brokers import TansuBroker, create_topics
+from skuvid.kafka_clients import aiokafka_options
 from skuvid.settings import Settings, as_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,21 +67,30 @@ def demo_settings(bootstrap: str, out: Path) -> Settings:
     )
 
 
-def expected_outcomes(settings: Settings) -> tuple[set[str], set[str]]:
-    """Request keys the services must deliver, and SKUs they must refuse, computed by the same planner."""
+@dataclass(frozen=True)
+class Expected:
+    """What the services must deliver: each request's key -> (sku, variant), and the SKUs they must refuse."""
+
+    videos: dict[str, tuple[str, str]]
+    refused: set[str]
+
+
+def expected_outcomes(settings: Settings) -> Expected:
+    """The outcomes the services must deliver, computed by the same planner."""
     planner = Planner(PromptEngine.load(absolute_terms_policy=settings.absolute_terms_policy), settings)
     products = {e.sku: e for e in parse_lines(PRODUCT_CREATED, CATALOG, settings.max_payload_bytes)[0]}
-    keys: set[str] = set()
+    videos: dict[str, tuple[str, str]] = {}
     for event in products.values():
         assert isinstance(event, ProductCreated)
-        keys |= {r.request_key for r in planner.plan(event.snapshot(), source_event_id=event.event_id).requests}
+        for r in planner.plan(event.snapshot(), source_event_id=event.event_id).requests:
+            videos[r.request_key] = (r.sku, r.variant_id)
     for promo in parse_lines(PROMO_STARTED, PROMO, settings.max_payload_bytes)[0]:
         assert isinstance(promo, PromoStarted)
         for sku in promo.skus:
-            plan = planner.plan(products[sku].snapshot(), source_event_id=promo.event_id, promo=promo)
-            keys |= {r.request_key for r in plan.requests}
+            for r in planner.plan(products[sku].snapshot(), source_event_id=promo.event_id, promo=promo).requests:
+                videos[r.request_key] = (r.sku, r.variant_id)
     refused = {e.sku for e in parse_lines(PRODUCT_CREATED, UNSAFE, settings.max_payload_bytes)[0]}
-    return keys, refused
+    return Expected(videos, refused)
 
 
 async def emit_inputs(settings: Settings) -> None:
@@ -87,18 +102,21 @@ async def emit_inputs(settings: Settings) -> None:
         await publisher.stop()
 
 
-async def collect(settings: Settings, keys: set[str], refused: set[str], timeout_s: float):
-    """Read video.ready / video.failed until every expected outcome arrived (or the time is up)."""
+async def collect(settings: Settings, expected: Expected, idle_timeout_s: float):
+    """Read video.ready / video.failed until every expected outcome arrived, or none came for ``idle_timeout_s``."""
     consumer = AIOKafkaConsumer(
-        VIDEO_READY.name, VIDEO_FAILED.name, bootstrap_servers=settings.kafka_bootstrap,
+        VIDEO_READY.name, VIDEO_FAILED.name, **aiokafka_options(settings),
         auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
     )
     await consumer.start()
     ready: dict[str, VideoReady] = {}
     failed: dict[str, VideoFailed] = {}
-    deadline = time.monotonic() + timeout_s
+    last_progress = time.monotonic()
     try:
-        while (not keys <= ready.keys() or not refused <= failed.keys()) and time.monotonic() < deadline:
+        while not (expected.videos.keys() <= ready.keys() and expected.refused <= failed.keys()):
+            if time.monotonic() - last_progress > idle_timeout_s:
+                break
+            before = len(ready) + len(failed)
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
                     event = decode(record.topic, record.value)
@@ -106,9 +124,20 @@ async def collect(settings: Settings, keys: set[str], refused: set[str], timeout
                         ready[event.request_key] = event
                     elif isinstance(event, VideoFailed) and event.sku:
                         failed[event.sku] = event
+            if len(ready) + len(failed) > before:
+                last_progress = time.monotonic()
+            _progress_line(expected, ready, failed, time.monotonic() - last_progress)
     finally:
         await consumer.stop()
+        print(file=sys.stderr)
     return ready, failed
+
+
+def _progress_line(expected: Expected, ready: dict, failed: dict, idle_s: float) -> None:
+    wanted = len(expected.videos) + len(expected.refused)
+    print(f"\rdemo: {len(ready)}/{len(expected.videos)} videos ready, {len(failed)}/{len(expected.refused)} refused "
+          f"({len(ready) + len(failed)}/{wanted} outcomes; {idle_s:.0f} s since the last)   ",
+          end="", file=sys.stderr, flush=True)
 
 
 def start_services(settings: Settings, log_dir: Path) -> list[subprocess.Popen]:
@@ -135,7 +164,7 @@ def stop_services(procs: list[subprocess.Popen]) -> None:
             proc.wait()
 
 
-def run_demo(out: Path, timeout_s: float = 300.0) -> int:
+def run_demo(out: Path, idle_timeout_s: float = 180.0) -> int:
     started = time.monotonic()
     out = out.resolve()
     shutil.rmtree(out, ignore_errors=True)
@@ -143,33 +172,48 @@ def run_demo(out: Path, timeout_s: float = 300.0) -> int:
     with TansuBroker.start(out / "broker") as broker:
         create_topics(broker.bootstrap, ALL_TOPICS)
         settings = demo_settings(broker.bootstrap, out)
-        keys, refused = expected_outcomes(settings)
+        expected = expected_outcomes(settings)
         procs = start_services(settings, out / "logs")
         try:
             asyncio.run(emit_inputs(settings))
-            ready, failed = asyncio.run(collect(settings, keys, refused, timeout_s))
+            ready, failed = asyncio.run(collect(settings, expected, idle_timeout_s))
         finally:
             stop_services(procs)
-    page = write_gallery(out, ready, failed)
-    missing = len(keys - ready.keys()) + len(refused - failed.keys())
-    print(f"demo: {len(ready)}/{len(keys)} videos ready, {len(failed)} refused, "
-          f"{time.monotonic() - started:.0f} s; gallery: {page}")
+    page = write_gallery(out, expected, ready, failed)
+    missing = len(expected.videos.keys() - ready.keys()) + len(expected.refused - failed.keys())
+    print(f"demo: {len(ready)}/{len(expected.videos)} videos ready, {len(failed)}/{len(expected.refused)} refused, "
+          f"{missing} missing, {time.monotonic() - started:.0f} s; gallery: {page}")
     if missing:
         print(f"demo: {missing} outcomes missing; service logs in {out / 'logs'}", file=sys.stderr)
     return 1 if missing else 0
 
 
-def write_gallery(out: Path, ready: dict[str, VideoReady], failed: dict[str, VideoFailed]) -> Path:
-    products = {e.sku: e for e in parse_lines(PRODUCT_CREATED, CATALOG, 1 << 20)[0]}
-    cards = [_card(products.get(v.sku), v) for v in sorted(ready.values(), key=lambda v: (v.sku, v.variant_id))]
+def write_gallery(out: Path, expected: Expected, ready: dict[str, VideoReady], failed: dict[str, VideoFailed]) -> Path:
+    """The product-detail gallery: every expected video (rendered, or marked as never arrived) and every
+    expected refusal (with its reason, or marked as never arrived)."""
+    e = html.escape
+    products = {p.sku: p for p in parse_lines(PRODUCT_CREATED, CATALOG, 1 << 20)[0]}
+    cards = [
+        _card(products.get(sku), ready[key]) if key in ready else _missing_card(products.get(sku), sku, variant)
+        for key, (sku, variant) in sorted(expected.videos.items(), key=lambda item: item[1])
+    ]
     refusals = [
-        f"<li><b>{html.escape(f.sku or '')}</b>: {html.escape(f.reason.value)} — {html.escape(f.message)}</li>"
-        for f in failed.values()
+        f"<li><b>{e(sku)}</b>: {e(failed[sku].reason.value)} — {e(failed[sku].message)}</li>" if sku in failed
+        else f'<li class="missing"><b>{e(sku)}</b>: refusal never arrived</li>'
+        for sku in sorted(expected.refused)
     ]
     page = out / "index.html"
     page.write_text(GALLERY.format(cards="\n".join(cards), refusals="\n".join(refusals) or "<li>none</li>"),
                     encoding="utf-8")
     return page
+
+
+def _missing_card(product, sku: str, variant: str) -> str:
+    title = html.escape(product.title) if product else html.escape(sku)
+    return f"""<article class="card missing">
+  <div class="info"><h2>{title}</h2><p class="sku">{html.escape(sku)} · variant <b>{html.escape(variant)}</b></p>
+  <p class="meta">never arrived: no video.ready or video.failed before the demo gave up (see out/demo/logs)</p></div>
+</article>"""
 
 
 def _card(product, video: VideoReady) -> str:
@@ -196,6 +240,7 @@ body{{font-family:system-ui,"PingFang SC","Microsoft YaHei",sans-serif;margin:2r
 .card{{background:#fff;border-radius:12px;padding:1rem;box-shadow:0 1px 4px #0002;display:flex;flex-direction:column;gap:.6rem}}
 video{{width:100%;height:auto;border-radius:8px;background:#000}}
 h2{{font-size:1.1rem;margin:.2rem 0}} .sku,.meta{{color:#666;font-size:.85rem}}
+.missing{{border:2px dashed #c33;color:#933}}
 </style></head><body>
 <h1>skuvid demo gallery</h1>
 <p>Videos from the built-in tiny random-weight model (real Wan2.2 classes, random weights: expect noise),

@@ -103,7 +103,8 @@ _TRANSIENT_NAMES = frozenset({
 })
 # Library errors that no retry can fix: the process is misconfigured.
 _FATAL_NAMES = frozenset({
-    "SaslAuthenticationFailedError", "AuthenticationFailedError", "AuthenticationMethodNotSupported",
+    "SaslAuthenticationFailed", "SaslAuthenticationFailedError", "UnsupportedSaslMechanismError",
+    "IllegalSaslStateError", "AuthenticationFailedError", "AuthenticationMethodNotSupported",
     "TopicAuthorizationFailedError", "GroupAuthorizationFailedError", "ClusterAuthorizationFailedError",
     "TransactionalIdAuthorizationFailed", "NoCredentialsError", "PartialCredentialsError",
 })

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from schemas.events import Reason
+from skuvid.errors import SkuvidError
 
 
-class ContentRefused(Exception):
+class ContentRefused(SkuvidError):
     """A product (or variant) that gets no prompt, and so no video.
 
     ``reason`` is ``Reason.UNSAFE_CONTENT`` (a safety list matched), ``Reason.EMPTY_CONTENT`` (nothing usable
@@ -14,10 +15,8 @@ class ContentRefused(Exception):
     """
 
     def __init__(self, reason: Reason, rule: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason=reason, details={"rule": rule})
         self.rule = rule
-        self.message = message
 
     def __reduce__(self) -> tuple[type[ContentRefused], tuple[Reason, str, str]]:
         return type(self), (self.reason, self.rule, self.message)

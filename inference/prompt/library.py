@@ -24,6 +24,7 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from schemas.events import Locale
+from skuvid.errors import Outcome, SkuvidError
 
 DEFAULT_DATA_DIR = Path(__file__).parent / "data"
 GENERIC_TEMPLATE = "generic"
@@ -32,8 +33,10 @@ Text = Annotated[str, StringConstraints(min_length=1, max_length=300)]
 Key = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=32)]
 
 
-class LibraryError(ValueError):
-    """A data file is missing or invalid; the message names the file."""
+class LibraryError(SkuvidError, ValueError):
+    """A data file is missing or invalid; the message names the file. The engine cannot start without it."""
+
+    kind = Outcome.FATAL
 
 
 class _Data(BaseModel):

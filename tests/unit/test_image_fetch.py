@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from inference.image_fetch import ImageFetchError, _is_forbidden, fetch_image, fetch_image_for, fit_image
+from inference.image_fetch import ImageFetchError, _is_forbidden, embedded_ipv4, fetch_image, fetch_image_for, fit_image
 from schemas.events import Reason
 from skuvid.settings import Settings
 
@@ -219,6 +219,44 @@ def test_pixel_limit_is_checked_from_the_header(server, root):
 def test_pillow_decompression_bomb_guard_is_an_error(server, root, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # Pillow's own guard, below our limit here
     assert "decompression bomb" in refused(f"{server}/huge.png", root, max_pixels=50_000_000).message
+
+
+@pytest.mark.parametrize(
+    ("address", "inside"),
+    [
+        ("2002:7f00:1::1", "127.0.0.1"),  # 6to4
+        ("2002:a00:1::1", "10.0.0.1"),
+        ("64:ff9b::7f00:1", "127.0.0.1"),  # NAT64 well-known prefix
+        ("64:ff9b:1::a9fe:a9fe", "169.254.169.254"),  # NAT64 local-use prefix
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", "127.0.0.1"),  # Teredo (client obfuscated)
+        ("::ffff:169.254.169.254", "169.254.169.254"),  # IPv4-mapped
+        ("::127.0.0.1", "127.0.0.1"),  # IPv4-compatible
+        ("::c0a8:101", "192.168.1.1"),
+    ],
+)
+def test_ipv6_forms_wrapping_a_non_public_ipv4_are_forbidden(address, inside):
+    ip = ipaddress.ip_address(address)
+    assert ipaddress.ip_address(inside) in embedded_ipv4(ip)
+    assert _is_forbidden(ip)
+
+
+@pytest.mark.parametrize("address", ["2002:808:808::1", "64:ff9b::808:808"])
+def test_ipv6_forms_wrapping_a_public_ipv4_follow_the_ipv4(address):
+    assert embedded_ipv4(ipaddress.ip_address(address)) == [ipaddress.ip_address("8.8.8.8")]
+
+
+@pytest.mark.parametrize("host", ["2130706433", "017700000001", "0x7f000001", "0x7f.0.0.1", "127.1", "0177.0.0.1"])
+def test_decimal_octal_and_hex_ipv4_literals_of_loopback_are_refused(server, root, host):
+    port = server.rsplit(":", 1)[1]
+    err = refused(f"http://{host}:{port}/ok.png", root, allow_private=False)
+    assert "non-public address 127.0.0.1" in err.message
+
+
+def test_timeouts_and_server_errors_are_transient_and_refusals_are_not(server, root):
+    assert refused(f"{server}/slow", root, timeout_s=0.3).retryable
+    assert not refused(f"{server}/missing", root).retryable
+    assert not refused(f"{server}/junk.png", root).retryable
+    assert not refused(f"{server}/ok.png", root, allow_private=False).retryable
 
 
 def test_undecodable_body_is_refused(server, root):

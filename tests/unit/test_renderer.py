@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 
 from consumers.planning import Planner
 from consumers.renderer import RendererService
@@ -42,7 +42,7 @@ class GeneratorDouble:
     def __init__(self) -> None:
         self.calls = 0
 
-    def generate(self, *, prompt, negative_prompt, params, image=None):
+    def generate(self, *, prompt, negative_prompt, params, image=None, on_step=None):
         self.calls += 1
         t = np.arange(params.num_frames)[:, None, None]
         x = np.arange(params.width)[None, None, :]
@@ -132,3 +132,72 @@ async def test_request_for_another_model_fails_without_rendering(settings):
     assert publisher.sent[0][1].reason is Reason.INVALID_PARAMS
     assert generator.calls == 0
 
+
+
+# --- failure semantics: what an error means decides the outcome -------------------------------------------
+
+
+class FailingStore(LocalStore):
+    """A store whose writes raise ``error`` (test double for an S3 endpoint that is down or refuses us)."""
+
+    def __init__(self, root, error: Exception) -> None:
+        super().__init__(root)
+        self.error = error
+
+    async def put(self, key, data, content_type):
+        raise self.error
+
+
+def failing_service(settings, error: Exception):
+    svc, publisher, generator = service(settings)
+    svc.store = FailingStore(settings.local_store_dir, error)
+    return svc, publisher, generator
+
+
+async def test_transient_storage_fault_is_retried_with_backoff_then_fails_with_attempts(tmp_path):
+    settings = Settings(model="tiny", local_store_dir=tmp_path / "cdn", image_file_root=DATA.parents[1],
+                        max_attempts=3, retry_backoff_s=0.01, retry_backoff_max_s=0.02)
+    svc, publisher, _ = failing_service(settings, ConnectionError("S3 endpoint refused the connection"))
+    rec = record(encode_value(request_for(settings)))
+    assert await svc.handle(rec) is False and await svc.handle(rec) is False
+    assert publisher.sent == []  # nothing published, offset held: the partition is paused and sought back
+    retry = svc.retries[TopicPartition(rec.topic, rec.partition)]
+    assert (retry.offset, retry.attempt) == (rec.offset, 2)
+    assert await svc.handle(rec) is True  # the third attempt is the last: the outcome is published
+    [(topic, failed)] = publisher.sent
+    assert topic == VIDEO_FAILED.name and failed.reason is Reason.STORAGE_UNAVAILABLE and failed.attempts == 3
+
+
+async def test_a_bug_while_rendering_is_a_permanent_failure_not_a_crash(settings):
+    svc, publisher, generator = service(settings)
+    generator.generate = lambda **_: (_ for _ in ()).throw(RuntimeError("kernel exploded"))
+    assert await svc.handle(record(encode_value(request_for(settings)))) is True
+    [(topic, failed)] = publisher.sent
+    assert topic == VIDEO_FAILED.name and failed.reason is Reason.INTERNAL_ERROR and "kernel exploded" in failed.message
+
+
+async def test_an_enormous_failure_is_published_bounded_and_flagged(settings):
+    svc, publisher, _ = failing_service(settings, ValueError("bad url " + "%41" * 3_000_000))
+    assert await svc.handle(record(encode_value(request_for(settings)))) is True
+    [(_, failed)] = publisher.sent
+    assert failed.truncated and len(encode_value(failed)) < 16_384
+
+
+async def test_refused_credentials_end_the_process(settings):
+    from botocore.exceptions import ClientError
+
+    from skuvid.errors import FatalError
+
+    denied = ClientError({"Error": {"Code": "InvalidAccessKeyId", "Message": "no such key"}}, "PutObject")
+    svc, publisher, _ = failing_service(settings, denied)
+    with pytest.raises(FatalError):
+        await svc.handle(record(encode_value(request_for(settings))))
+    assert publisher.sent == []
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap():
+    from consumers.renderer import backoff_s
+
+    delays = [backoff_s(n, 1.0, 10.0) for n in range(1, 7)]
+    assert 0.5 <= delays[0] <= 1.0 and 1.0 <= delays[1] <= 2.0 and 4.0 <= delays[3] <= 8.0
+    assert all(d <= 10.0 for d in delays)
