@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from schemas.events import Provenance, VideoReady, VideoRequested
+from schemas.events import Cost, Provenance, VideoReady, VideoRequested
 from skuvid.storage import ObjectStore, object_keys
 
 if TYPE_CHECKING:  # the render job imports torch: the render CLI must not need it before the model loads
@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # the render job imports torch: the render CLI must not need 
 
 
 def build_ready(request: VideoRequested, rendered: RenderedVideo, *, video_url: str, poster_url: str,
-                feed_video_url: str | None, content_producer: str) -> VideoReady:
+                feed_video_url: str | None, content_producer: str, cost: Cost | None = None) -> VideoReady:
     mp4 = rendered.renditions.mp4
     now = datetime.now(UTC)
     return VideoReady(
@@ -43,6 +43,7 @@ def build_ready(request: VideoRequested, rendered: RenderedVideo, *, video_url: 
             source_event_id=request.source_event_id,
             rendered_at=now,
         ),
+        cost=cost,
     )
 
 
@@ -53,7 +54,7 @@ async def stored_ready(store: ObjectStore, request: VideoRequested, prefix: str)
 
 
 async def upload(store: ObjectStore, request: VideoRequested, rendered: RenderedVideo, *, prefix: str,
-                 content_producer: str) -> VideoReady:
+                 content_producer: str, cost: Cost | None = None) -> VideoReady:
     """Upload video and poster, then the manifest last: a manifest always points at complete objects."""
     keys = object_keys(prefix, request.sku, request.request_key)
     video_url = await store.put(keys["video"], rendered.renditions.mp4.path.read_bytes(), "video/mp4")
@@ -61,6 +62,6 @@ async def upload(store: ObjectStore, request: VideoRequested, rendered: Rendered
     feed = rendered.renditions.feed_mp4
     feed_url = await store.put(keys["feed"], feed.path.read_bytes(), "video/mp4") if feed else None
     ready = build_ready(request, rendered, video_url=video_url, poster_url=poster_url, feed_video_url=feed_url,
-                        content_producer=content_producer)
+                        content_producer=content_producer, cost=cost)
     await store.put(keys["manifest"], ready.model_dump_json().encode(), "application/json")
     return ready

@@ -8,6 +8,11 @@ Promo fan-out stays partition-local: ``promo.started`` (one partition) is re-key
 "category scan" record per partition, which each owner answers from its own part of the catalog table.
 A listed SKU the catalog does not know gets ``video.failed`` with reason ``unknown_sku``.
 
+Every planned request is also recorded on the compacted ``video.planned`` topic (keyed ``sku|variant_id``),
+which the listing API's video index reads. ``Settings.render_policy`` decides which requests are sent to a
+render lane at once (``dispatches_now``); the others (lazy, or the long tail under auto) are only recorded
+there, and the API sends them on the listing's first view.
+
 Messages sent inside an agent are attached to the event being processed; at-least-once faust publishes them
 and waits for the broker's acknowledgement before it commits that event's offset.
 
@@ -25,11 +30,12 @@ import faust
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel
 
+from consumers.lag import faust_lag, report_lag
 from consumers.outcomes import dead_letter, failed_event
 from consumers.planning import Planner
 from inference.prompt import PromptEngine
 from schemas.codec import ce_headers, decode, encode_value, record_key
-from schemas.events import ProductCreated, ProductSnapshot, PromoStarted, Reason
+from schemas.events import Lane, ProductCreated, ProductSnapshot, PromoStarted, Reason, VideoPlanned, VideoRequested
 from schemas.topics import (
     DEAD_LETTER,
     INPUT_TOPICS,
@@ -37,6 +43,7 @@ from schemas.topics import (
     PRODUCT_UPDATED,
     PROMO_STARTED,
     VIDEO_FAILED,
+    VIDEO_PLANNED,
     REQUEST_TOPICS,
     Topic,
     request_topic,
@@ -44,6 +51,8 @@ from schemas.topics import (
 from skuvid.brokers import BrokerError, ensure_topics
 from skuvid.errors import FatalError, Outcome, SkuvidError, classify
 from skuvid.kafka_clients import bootstrap_list, faust_options, security_options
+from skuvid.health import HealthServer, LoopHeartbeat, Readiness
+from skuvid.logs import bind_event, bind_record
 from skuvid.metrics import Metrics
 from skuvid.settings import Settings
 
@@ -76,7 +85,29 @@ def category_keys(engine: PromptEngine, category: str) -> set[str]:
     return keys
 
 
-Send = Callable[[Topic, BaseModel], Awaitable[None]]
+Send = Callable[..., Awaitable[None]]  # send(topic, event, key=None): key None is the event's record key
+
+
+# --- render policy (listing API): which planned requests go to a render lane at once -------------------
+
+
+def dispatches_now(policy: str, request: VideoRequested) -> bool:
+    """Whether ``request`` is sent to its render lane when planned (``Settings.render_policy``): always
+    (eager), never (lazy: held in ``video.planned`` until the listing's first view), or for the hot lane —
+    hot products and promos — only (auto)."""
+    if policy == "eager":
+        return True
+    if policy == "lazy":
+        return False
+    return request.lane is Lane.HOT
+
+
+def planned_event(request: VideoRequested, *, dispatched: bool) -> VideoPlanned:
+    return VideoPlanned(event_id=f"plan-{request.request_key[:32]}", occurred_at=request.occurred_at,
+                        request=request, dispatched=dispatched)
+
+
+# --- end of render policy -------------------------------------------------------------------------------
 
 
 def fanout_topic(settings: Settings) -> str:
@@ -97,13 +128,14 @@ def ensure_planner_topics(settings: Settings) -> None:
     fan-out topic, with their partition counts — before any agent starts: faust otherwise meets a missing
     changelog on its first assignment and fails writes with ``PartitionsMismatch``. Raises ``FatalError``
     when a topic exists with another partition count or cannot be created."""
-    wanted = {t.name: t.partitions for t in (*INPUT_TOPICS, *REQUEST_TOPICS, VIDEO_FAILED, DEAD_LETTER)}
+    outputs = (*REQUEST_TOPICS, VIDEO_FAILED, DEAD_LETTER, VIDEO_PLANNED)
+    wanted = {t.name: t.partitions for t in (*INPUT_TOPICS, *outputs)}
     internal = [*changelog_topics(settings), fanout_topic(settings)]
     wanted |= dict.fromkeys(internal, CATALOG_PARTITIONS)
     compact = {"cleanup.policy": "compact"}
     try:
         ensure_topics(",".join(bootstrap_list(settings)), wanted, replication=settings.kafka_replication_factor,
-                      configs=dict.fromkeys(changelog_topics(settings), compact),
+                      configs=dict.fromkeys([*changelog_topics(settings), VIDEO_PLANNED.name], compact),
                       client_options=security_options(settings))
     except BrokerError as exc:
         raise FatalError(f"the planner's topics are not usable: {exc}", reason=Reason.BROKER_UNAVAILABLE) from None
@@ -114,13 +146,14 @@ class PlannerFlow:
     request key), free of faust: the agents call it with faust tables, tests with dicts."""
 
     def __init__(self, planner: Planner, engine: PromptEngine, catalog: MutableMapping, planned: MutableMapping,
-                 send: Send, metrics: Metrics) -> None:
+                 send: Send, metrics: Metrics, render_policy: str = "eager") -> None:
         self.planner = planner
         self.engine = engine
         self.catalog = catalog
         self.planned = planned
         self.send = send
         self.metrics = metrics
+        self.render_policy = render_policy
 
     async def on_product(self, product: ProductCreated) -> None:
         snapshot = product.snapshot()
@@ -150,9 +183,13 @@ class PlannerFlow:
             if self.planned.get(slot) == request.request_key:
                 self.metrics.requests_deduplicated.inc()
                 continue
-            await self.send(request_topic(request.lane), request)
+            dispatched = dispatches_now(self.render_policy, request)
+            if dispatched:
+                await self.send(request_topic(request.lane), request)
+            await self.send(VIDEO_PLANNED, planned_event(request, dispatched=dispatched), key=slot.encode())
             self.planned[slot] = request.request_key
-            self.metrics.requests_planned.labels(request.lane.value).inc()
+            if dispatched:
+                self.metrics.requests_planned.labels(request.lane.value).inc()
 
     def matching_products(self, target: PromoTarget) -> list[ProductSnapshot]:
         promo = target.promo
@@ -208,15 +245,17 @@ def create_app(settings: Settings, engine: PromptEngine, metrics: Metrics) -> fa
     products = app.topic(PRODUCT_CREATED.name, PRODUCT_UPDATED.name, **raw)
     promos = app.topic(PROMO_STARTED.name, **raw)
     fanout = app.topic(fanout_topic(settings), partitions=CATALOG_PARTITIONS, internal=True, **raw)
-    out = {t.name: app.topic(t.name, **raw) for t in (*REQUEST_TOPICS, VIDEO_FAILED, DEAD_LETTER)}
+    out = {t.name: app.topic(t.name, **raw) for t in (*REQUEST_TOPICS, VIDEO_FAILED, DEAD_LETTER, VIDEO_PLANNED)}
     json_schema = faust.Schema(key_serializer="json", value_serializer="json")
     catalog, planned = (app.Table(name, default=None, partitions=CATALOG_PARTITIONS, schema=json_schema)
                         for name in TABLES)
 
-    async def send(topic: Topic, event: BaseModel) -> None:
-        await out[topic.name].send(key=record_key(event), value=encode_value(event), headers=ce_headers(topic, event))
+    async def send(topic: Topic, event: BaseModel, key: bytes | None = None) -> None:
+        await out[topic.name].send(key=key if key is not None else record_key(event), value=encode_value(event),
+                                   headers=ce_headers(topic, event))
 
-    flow = PlannerFlow(Planner(engine, settings), engine, catalog, planned, send, metrics)
+    flow = PlannerFlow(Planner(engine, settings), engine, catalog, planned, send, metrics,
+                       render_policy=settings.render_policy)
 
     async def settle(message, exc: Exception, sku: str | None, source_event_id: str | None) -> None:
         """What ``exc`` means for this record: dead letter, video.failed, or (transient, fatal) re-raise so
@@ -243,12 +282,14 @@ def create_app(settings: Settings, engine: PromptEngine, metrics: Metrics) -> fa
             message = event.message
             metrics.events_consumed.labels(message.topic).inc()
             product = None
-            try:
-                product = decode(message.topic, message.value, max_bytes=settings.max_payload_bytes)
-                assert isinstance(product, ProductCreated)
-                await flow.on_product(product)
-            except Exception as exc:  # noqa: BLE001 - classified in settle(); nothing is swallowed
-                await settle(message, exc, getattr(product, "sku", None), getattr(product, "event_id", None))
+            with bind_record(message):
+                try:
+                    product = decode(message.topic, message.value, max_bytes=settings.max_payload_bytes)
+                    assert isinstance(product, ProductCreated)
+                    bind_event(product)
+                    await flow.on_product(product)
+                except Exception as exc:  # noqa: BLE001 - classified in settle(); nothing is swallowed
+                    await settle(message, exc, getattr(product, "sku", None), getattr(product, "event_id", None))
 
     @app.agent(promos)
     async def on_promo(stream):
@@ -279,8 +320,37 @@ def planner_worker(app: faust.App, settings: Settings, on_stop_signal: Callable[
     """faust's worker, with ``on_stop_signal`` called when SIGTERM/SIGINT arrives (the shutdown deadline)."""
 
     class Worker(faust.Worker):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.spinner = None  # faust's terminal spinner writes cursor escapes into service logs
+
         def _schedule_shutdown(self, signal) -> None:  # mode.Worker's one entry for both signals
             on_stop_signal()
             super()._schedule_shutdown(signal)
 
-    return Worker(app, loglevel=settings.log_level.lower(), override_logging=False)
+    return Worker(app, loglevel=settings.log_level.lower(), override_logging=False, quiet=True)
+
+
+def attach_probes(app: faust.App, settings: Settings, metrics: Metrics, server: HealthServer | None) -> None:
+    """Liveness (the event loop runs), readiness (group joined, tables recovered) and self-reported consumer
+    lag of the planner's source topics."""
+    heartbeat = LoopHeartbeat()
+    readiness = Readiness("group_joined", "tables_recovered")
+    app.task(heartbeat.run)
+    sources = [PRODUCT_CREATED.name, PRODUCT_UPDATED.name, PROMO_STARTED.name, fanout_topic(settings)]
+
+    @app.task
+    async def lag() -> None:
+        await report_lag(metrics, settings.planner_group, lambda: faust_lag(app, sources))
+
+    @app.on_partitions_assigned.connect
+    async def joined(sender, assigned, **kwargs) -> None:
+        readiness.set("group_joined", detail=f"{len(assigned)} partitions")
+
+    @app.on_rebalance_complete.connect
+    async def recovered(sender, **kwargs) -> None:
+        readiness.set("tables_recovered")
+
+    if server is not None:
+        server.add_liveness("event_loop", heartbeat.check)
+        readiness.register(server)

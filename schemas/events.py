@@ -202,6 +202,22 @@ class VideoRequested(Event):
     source_event_id: EventId = Field(description="The product or promo event this request came from.")
 
 
+class VideoPlanned(Event):
+    """``video.planned``: the planner's latest plan for one SKU variant (compacted topic, keyed ``sku|variant_id``).
+
+    Every request the planner plans is recorded here, whether it was sent to a render lane at once
+    (``dispatched``, render policy eager) or held until its listing is first viewed (lazy): the listing API
+    builds its video index from this topic and enqueues a held request, byte for byte, on first view.
+    """
+
+    request: VideoRequested
+    dispatched: bool = Field(description="Sent to a render lane when planned; false: held for the first view.")
+
+    def slot(self) -> str:
+        """The record key: one compacted record per SKU variant."""
+        return f"{self.request.sku}|{self.request.variant_id}"
+
+
 class QualityReport(Model):
     """Quality-gate outcome of the published (best) attempt."""
 
@@ -220,6 +236,17 @@ class Provenance(Model):
     seed: int
     source_event_id: EventId
     rendered_at: AwareDatetime
+
+
+class Cost(Model):
+    """What one video cost: GPU seconds of its render (all quality attempts) and their price."""
+
+    gpu_seconds: float = Field(ge=0, description="GPU seconds spent generating and gating this video.")
+    cny: float = Field(ge=0, description="gpu_seconds at the configured price per GPU-hour (CNY).")
+
+    @classmethod
+    def of(cls, gpu_seconds: float, price_cny_per_hour: float) -> Cost:
+        return cls(gpu_seconds=round(gpu_seconds, 3), cny=round(gpu_seconds * price_cny_per_hour / 3600, 6))
 
 
 class VideoReady(Event):
@@ -242,6 +269,7 @@ class VideoReady(Event):
     template_id: str
     quality: QualityReport
     provenance: Provenance
+    cost: Cost | None = Field(default=None, description="GPU time and price of this video's render.")
 
 
 MAX_MESSAGE_CHARS = 2000

@@ -1,6 +1,6 @@
 """The composition root: settings, model, broker clients and store wired into the processes skuvid runs.
 
-``skuvid render`` (no Kafka) and ``skuvid serve`` (planner and renderer) share this module. Imports of
+``skuvid render`` (no Kafka) and ``skuvid serve`` (planner, renderer and listing API) share this module. Imports of
 Kafka clients and of the model's libraries stay inside the functions that need them, so the render path
 never loads aiokafka or faust and a bad product file is refused before torch is imported.
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXIT_FATAL = 1
-ROLES = ("planner", "renderer")
+ROLES = ("planner", "renderer", "api")
 
 
 def load_render_job(settings: Settings) -> RenderJob:
@@ -73,19 +73,37 @@ async def preflight(settings: Settings) -> None:
 
 
 async def run_renderer(settings: Settings) -> None:
-    """Run one renderer until SIGTERM/SIGINT; the job in progress is finished, published and committed."""
+    """Run one renderer until SIGTERM/SIGINT; the job in progress is finished, published and committed.
+
+    The health server starts first, so probes answer during the model load: /healthz fails when the event
+    loop is blocked, a render stalls or the load hangs; /readyz turns 200 once the model is loaded, the
+    partitions are assigned and the producer is connected."""
     from consumers.renderer import RendererService
+    from inference.stage_timing import PipelineStageHooks
     from producers.publisher import Publisher
+    from skuvid.health import LoopHeartbeat, StallWatch
     from skuvid.metrics import Metrics
     from skuvid.storage import open_store
 
+    metrics = Metrics(model=settings.model)
+    server = metrics.serve(settings.metrics_port)
+    heartbeat, loading = LoopHeartbeat(), StallWatch(settings.render_stall_s, what="model load")
+    heartbeat.start()
     await preflight(settings)
-    job = await asyncio.to_thread(load_render_job, settings)
-    metrics = Metrics()
-    metrics.serve(settings.metrics_port)  # after the model load: readiness means able to render
+    with loading.job(settings.model), metrics.model_load_seconds.time():
+        job = await asyncio.to_thread(load_render_job, settings)
+    PipelineStageHooks.attach(job.generator.t2v, metrics.observe_stage)  # the i2v pipeline shares its modules
+    metrics.gpu_clock.start()
     publisher = await Publisher.start(settings, source="urn:skuvid:renderer")
     store = open_store(settings)
     service = RendererService(settings, job, publisher, store, metrics)
+    service.readiness.set("model_loaded", detail=job.generator.model_id)
+    service.readiness.set("producer_connected")
+    if server is not None:
+        server.add_liveness("event_loop", heartbeat.check)
+        server.add_liveness("render", service.stall.check)
+        server.add_liveness("model_load", loading.check)
+        service.readiness.register(server)
     loop = asyncio.get_running_loop()
 
     def on_signal() -> None:
@@ -98,34 +116,123 @@ async def run_renderer(settings: Settings) -> None:
     try:
         await service.run()
     finally:
+        heartbeat.stop()
         await publisher.stop()
         await store.close()
+        if server is not None:
+            server.stop()
 
 
 def run_planner(settings: Settings) -> None:
-    """Run the planner worker until SIGINT/SIGTERM (faust drains and commits on the way out)."""
-    from consumers.planner import create_app, ensure_planner_topics, planner_worker
+    """Run the planner worker until SIGINT/SIGTERM (faust drains and commits on the way out). /readyz turns
+    200 once it joined its group and recovered its tables."""
+    from consumers.planner import attach_probes, create_app, ensure_planner_topics, planner_worker
     from inference.prompt import PromptEngine
     from skuvid.metrics import Metrics
 
+    metrics = Metrics(model=settings.model)
+    server = metrics.serve(settings.metrics_port)
     asyncio.run(preflight(settings))
     ensure_planner_topics(settings)
-    metrics = Metrics()
-    metrics.serve(settings.metrics_port)
     engine = PromptEngine.load(absolute_terms_policy=settings.absolute_terms_policy)
     app = create_app(settings, engine, metrics)
+    attach_probes(app, settings, metrics, server)
     worker = planner_worker(app, settings, on_stop_signal=lambda: arm_shutdown_deadline(settings.shutdown_grace_s))
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if server is not None:
+            server.stop()
+
+
+# --- the listing API (api/) -----------------------------------------------------------------------------
+
+
+async def run_api(settings: Settings) -> None:
+    """Run one listing API replica until SIGTERM/SIGINT: the video index is read from the beginning of its
+    topics in the background while uvicorn serves on ``api_host:api_port`` (lookups answer 503
+    ``index_loading`` until it caught up); on a signal uvicorn stops taking requests, first-view sends in
+    progress finish, and the Kafka clients close."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.feed import IndexFeed, ensure_api_topics
+    from api.index import VideoIndex
+    from api.planned import PlannedReader
+    from api.progress import RendererProgress
+    from api.service import ApiService
+    from inference.prompt import PromptEngine
+    from producers.publisher import Publisher
+    from schemas.codec import ce_headers, encode_value
+    from skuvid.metrics import Metrics
+
+    await preflight(settings)
+    await asyncio.to_thread(ensure_api_topics, settings)
+    engine = PromptEngine.load(absolute_terms_policy=settings.absolute_terms_policy)
+    index = VideoIndex(variant_experiment=settings.api_variant_experiment)
+    feed = IndexFeed(settings, index)
+    publisher = await Publisher.start(settings, source="urn:skuvid:api")
+    reader, progress = PlannedReader(settings), RendererProgress(settings)
+    await reader.start()
+    await progress.start()
+
+    async def publish(topic, event, key: bytes):
+        headers = ce_headers(topic, event, publisher.source)
+        return await publisher.publish_raw(topic.name, key, encode_value(event), headers)
+
+    service = ApiService(settings, index, engine, publish=publish, read_planned=reader.read,
+                         committed=progress.committed, is_ready=feed.is_ready)
+    health = Metrics(model=settings.model).serve(settings.metrics_port)
+    if health is not None:
+        health.add_readiness("index_caught_up", lambda: (feed.is_ready(), f"{len(index.skus)} SKUs"))
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if not self.should_exit:
+                arm_shutdown_deadline(settings.shutdown_grace_s)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(create_app(service, max_body_bytes=settings.api_max_body_bytes), host=settings.api_host,
+                            port=settings.api_port, log_config=None, access_log=False, lifespan="off",
+                            server_header=False)
+    server = Server(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn re-raises the signal after serving: make that a no-op
+        signal.signal(sig, server.handle_exit)
+    feeding = asyncio.create_task(feed.run(), name="index feed")
+    serving = asyncio.create_task(server.serve(), name="http")
+    log.info("api: listing API on %s:%d, reading the video index", settings.api_host, settings.api_port)
+    try:
+        await asyncio.wait({feeding, serving}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        await serving
+        if feeding.done() and feeding.exception() is not None:
+            raise feeding.exception()
+    finally:
+        feeding.cancel()
+        await asyncio.gather(feeding, return_exceptions=True)
+        await service.drain()
+        await reader.stop()
+        await progress.stop()
+        await publisher.stop()
+        if health is not None:
+            health.stop()
+
+
+# --- end of the listing API ----------------------------------------------------------------------------
 
 
 def serve(settings: Settings, role: str) -> int:
     """``skuvid serve --role ROLE``: one role in this process, or (``all``) each role in its own process."""
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from skuvid.logs import configure_logging
+
+    configure_logging(settings, ml_libraries=role == "renderer")
     try:
         if role == "planner":
             run_planner(settings)
         elif role == "renderer":
             asyncio.run(run_renderer(settings))
+        elif role == "api":
+            asyncio.run(run_api(settings))
         else:
             return _serve_all(settings)
     except FatalError as exc:
@@ -136,13 +243,14 @@ def serve(settings: Settings, role: str) -> int:
 
 def role_ports(settings: Settings) -> dict[str, int]:
     """Health/metrics port of each role under ``serve --role all``: the planner on ``metrics_port``, the
-    renderer on the next one (0: no endpoint)."""
+    renderer on the next one, the API on the one after (0: no endpoint)."""
     base = settings.metrics_port
     return {role: (base + i if base else 0) for i, role in enumerate(ROLES)}
 
 
 def _serve_all(settings: Settings) -> int:
-    """Planner and renderer as two processes (as they run in production); when one ends, both end."""
+    """Planner, renderer and listing API as separate processes (as they run in production); when one ends,
+    all end."""
     ports = role_ports(settings)
     children = []
     for role in ROLES:

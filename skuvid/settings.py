@@ -80,7 +80,10 @@ class Settings(BaseSettings):
     attention_backend: str | None = Field(default=None, description="diffusers backend: flash, _native_cudnn …")
     vae_tiling: bool = Field(default=False, description="Tiled/sliced VAE decode: less GPU memory, a little slower.")
     offload: Literal["none", "model", "group"] = Field(default="none", description="CPU offload for 24 GB cards.")
-    max_batch: int = Field(default=1, ge=1, le=16, description="Same-shape requests rendered together.")
+    text_encoder_device: Literal["auto", "cpu"] = Field(
+        default="auto", description="cpu: keep the 5.7 B text encoder off the GPU (behind the embedding cache)."
+    )
+    text_cache_entries: int = Field(default=64, ge=1, le=4096, description="Text embeddings kept (~4 MB each).")
 
     # --- Product image fetching --------------------------------------------------------------------------
     image_allowed_schemes: tuple[str, ...] = ("https", "http", "file")
@@ -125,7 +128,13 @@ class Settings(BaseSettings):
     feed_crop: bool = Field(default=False, description="Also write a 9:16 centre crop for feeds.")
 
     # --- Renderer ----------------------------------------------------------------------------------------
-    max_in_flight: int = Field(default=2, ge=1, le=64, description="Jobs buffered per renderer before pausing.")
+    max_in_flight: int = Field(
+        default=4, ge=1, le=64,
+        description="Records a renderer holds (queued + in its stages) before it pauses its partitions.",
+    )
+    postprocess_workers: int = Field(
+        default=2, ge=1, le=32, description="Threads for quality gate, labels and encoding next to the GPU."
+    )
 
     # --- Storage / CDN -----------------------------------------------------------------------------------
     store: StoreKind = StoreKind.LOCAL
@@ -135,6 +144,8 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     s3_prefix: str = "videos/"
+    s3_access_key_id: str | None = Field(default=None, description="Unset: boto's own credential chain.")
+    s3_secret_access_key: SecretStr | None = Field(default=None, description="A secret: never logged.")
 
     # --- Failure handling -------------------------------------------------------------------------------
     max_attempts: int = Field(
@@ -158,6 +169,24 @@ class Settings(BaseSettings):
         default="auto", description="auto: console on a terminal, JSON lines otherwise."
     )
     gpu_price_cny_per_hour: float = Field(default=8.0, ge=0, description="For the cost of a video (CNY).")
+
+    # --- API ---------------------------------------------------------------------------------------------
+    api_host: str = Field(default="0.0.0.0", description="Interface the listing API listens on.")
+    api_port: int = Field(default=8080, ge=1, le=65535, description="Port of the listing API (`serve --role api`).")
+    render_policy: Literal["eager", "lazy", "auto"] = Field(
+        default="auto", description="When the planner sends a planned video to a render lane: at once (eager), on "
+        "the listing's first view through the API (lazy), or eager for hot products and promos and lazy for the "
+        "long tail (auto).",
+    )
+    api_max_body_bytes: int = Field(default=16_384, ge=1024, description="Larger request bodies get 413.")
+    api_enqueue_interval_s: float = Field(
+        default=300.0, ge=0, description="First views enqueue a SKU's held renders at most once per this interval."
+    )
+    api_variant_experiment: str = Field(
+        default="skuvid-variants", min_length=1, max_length=48,
+        description="Experiment id prefix of the A/B choice between a SKU's variants (`<prefix>:daily`, "
+        "`<prefix>:<promo id>`), bucketed by experiments.assignment.",
+    )
 
     @model_validator(mode="after")
     def _tiny_model_previews(self) -> Settings:

@@ -78,11 +78,13 @@ class LocalStore:
 class S3Store:
     """An S3 bucket (any S3 API endpoint) through aioboto3; one client for the store's lifetime."""
 
-    def __init__(self, bucket: str, *, endpoint_url: str | None, region: str, cdn_base_url: str) -> None:
+    def __init__(self, bucket: str, *, endpoint_url: str | None, region: str, cdn_base_url: str,
+                 access_key_id: str | None = None, secret_access_key: str | None = None) -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.cdn_base_url = cdn_base_url
-        self._session = aioboto3.Session(region_name=region)
+        self._session = aioboto3.Session(region_name=region, aws_access_key_id=access_key_id,
+                                         aws_secret_access_key=secret_access_key)
         self._stack = contextlib.AsyncExitStack()
         self._client = None
 
@@ -127,5 +129,8 @@ def open_store(settings: Settings) -> ObjectStore:
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
             cdn_base_url=settings.cdn_base_url,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=(settings.s3_secret_access_key.get_secret_value()
+                               if settings.s3_secret_access_key else None),
         )
     return LocalStore(settings.local_store_dir, settings.cdn_base_url)

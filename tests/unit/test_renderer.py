@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +203,40 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap():
     delays = [backoff_s(n, 1.0, 10.0) for n in range(1, 7)]
     assert 0.5 <= delays[0] <= 1.0 and 1.0 <= delays[1] <= 2.0 and 4.0 <= delays[3] <= 8.0
     assert all(d <= 10.0 for d in delays)
+
+
+class StalledGenerator(GeneratorDouble):
+    """A generator that hangs for ``seconds`` (test double for a GPU job that stopped making progress)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def generate(self, **kwargs):
+        time.sleep(self.seconds)
+        return super().generate(**kwargs)
+
+
+async def test_healthz_fails_while_a_render_is_stalled(tmp_path):
+    import httpx
+
+    from skuvid.health import HealthServer
+
+    settings = Settings(model="tiny", local_store_dir=tmp_path / "cdn", image_file_root=DATA.parents[1],
+                        render_stall_s=0.3)
+    svc, _, _ = service(settings)
+    svc.job.generator = StalledGenerator(1.5)
+    server = HealthServer(0, svc.metrics.registry, host="127.0.0.1").start()
+    server.add_liveness("render", svc.stall.check)
+    try:
+        url = f"http://127.0.0.1:{server.port}/healthz"
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(url)).status_code == 200
+            job = asyncio.create_task(svc.handle(record(encode_value(request_for(settings)))))
+            await asyncio.sleep(0.8)
+            stalled = await client.get(url)
+            assert stalled.status_code == 503 and not stalled.json()["checks"]["render"]["ok"]
+            assert await job is True
+            assert (await client.get(url)).status_code == 200
+    finally:
+        server.stop()
