@@ -35,14 +35,29 @@ class LaneQueue:
 
     async def get(self, timeout_s: float) -> ConsumerRecord | None:
         """The oldest hot record, else the oldest bulk one; None when nothing arrives within ``timeout_s``."""
+        if not self.qsize() and not await self.wait(timeout_s):
+            return None
+        return self.take(set())
+
+    def take(self, busy: set[TopicPartition]) -> ConsumerRecord | None:
+        """The oldest hot record, else the oldest bulk one, of a partition not in ``busy`` (one already being
+        processed): records of one partition leave in offset order, one at a time. None if there is none."""
+        for lane in (self._hot, self._bulk):
+            for i, record in enumerate(lane):
+                if TopicPartition(record.topic, record.partition) not in busy:
+                    del lane[i]
+                    if not self.qsize():
+                        self._nonempty.clear()
+                    return record
+        return None
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Wait until a record is queued (True) or ``timeout_s`` passed (False)."""
         try:
             await asyncio.wait_for(self._nonempty.wait(), timeout_s)
         except TimeoutError:
-            return None
-        record = (self._hot or self._bulk).popleft()
-        if not self.qsize():
-            self._nonempty.clear()
-        return record
+            return False
+        return True
 
     def drop(self, partitions: set[TopicPartition]) -> None:
         """Forget records of ``partitions`` (revoked: their new owner will process them)."""

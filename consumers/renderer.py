@@ -1,12 +1,16 @@
 """The renderer service (aiokafka, one per GPU): ``video.requested`` in, ``video.ready``/``video.failed`` out.
 
-Two tasks share a bounded queue. The fetcher polls both request topics and, when ``max_in_flight`` jobs are
-waiting, pauses its partitions instead of stopping the poll, so the consumer stays in its group. The worker
-takes hot-lane records (hot products, promos) before bulk ones, renders one job at a time in a thread (the
-event loop stays free for heartbeats), publishes the outcome, waits for the broker's acknowledgement, and
-only then commits that record's offset. A crash anywhere before the commit means redelivery; the request key
-makes the redelivered render land on the same storage key, and a stored manifest lets it republish without
-rendering again.
+A pipeline, not a loop. The fetcher polls the request topics into a bounded queue and, when
+``max_in_flight`` records are held (queued plus in the stages), pauses its partitions instead of stopping the
+poll, so the consumer stays in its group. The dispatcher starts a job for the next record of every partition
+that has none running, hot lane (hot products, promos, on-demand) first. Each job's stages run where they
+belong: generation on the one GPU thread, image fetch, quality gate and encoding on a CPU pool, upload and
+publish on the event loop — so while one job is encoded and uploaded the GPU already generates the next.
+
+Within a partition records are processed one at a time, in offset order, and a record's offset is
+committed only after its outcome is published and acknowledged: crash semantics are those of a serial loop.
+A crash anywhere before the commit means redelivery; the request key makes the redelivered render land on
+the same storage key, and a stored manifest lets it republish without rendering again.
 
 What happens to a record is decided by what its error means (``skuvid.errors.classify``), never by where it
 was raised: a transient fault (storage, broker, an image host, GPU memory) pauses *that* partition, seeks it
@@ -18,10 +22,13 @@ published as ``video.failed`` at once; an undecodable record is dead-lettered; a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import random
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,15 +38,27 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from consumers.delivery import stored_ready, upload
+from consumers.lag import aiokafka_lag, report_lag
 from consumers.lane_queue import LaneQueue
 from consumers.outcomes import dead_letter, failed_event
 from inference.render_job import RenderJob
+from inference.stage_timing import StageProgress
 from producers.publisher import Publisher
 from schemas.codec import decode
-from schemas.events import VideoRequested
-from schemas.topics import DEAD_LETTER, REQUEST_TOPICS, VIDEO_FAILED, VIDEO_READY, VIDEO_REQUESTED, VIDEO_REQUESTED_HOT
+from schemas.events import Cost, VideoRequested
+from schemas.topics import (
+    DEAD_LETTER,
+    REQUEST_TOPICS,
+    VIDEO_FAILED,
+    VIDEO_READY,
+    VIDEO_REQUESTED,
+    VIDEO_REQUESTED_HOT,
+    VIDEO_REQUESTED_ONDEMAND,
+)
 from skuvid.errors import Classified, FatalError, Outcome, classify
+from skuvid.health import Readiness, StallWatch
 from skuvid.kafka_clients import aiokafka_options
+from skuvid.logs import bind_event, bind_record
 from skuvid.metrics import Metrics
 from skuvid.settings import Settings
 from skuvid.storage import ObjectStore
@@ -60,6 +79,13 @@ def consumer_config(settings: Settings) -> dict:
         "max_poll_interval_ms": settings.max_poll_interval_ms,
         "max_partition_fetch_bytes": 4 * 1_048_576,
     }
+
+
+@dataclass
+class _Spent:
+    """GPU seconds one job used (all its attempts), for its cost."""
+
+    gpu_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -86,7 +112,8 @@ class _OnRebalance(ConsumerRebalanceListener):
         self.service.forget(set(revoked))
 
     async def on_partitions_assigned(self, assigned) -> None:
-        return None
+        # An empty assignment still means the group was joined: this replica is ready, only idle.
+        self.service.readiness.set("partitions_assigned", detail=f"{len(assigned)} partitions")
 
 
 class RendererService:
@@ -97,10 +124,18 @@ class RendererService:
         self.publisher = publisher
         self.store = store
         self.metrics = metrics
-        self.queue = LaneQueue(settings.max_in_flight, hot_topics={VIDEO_REQUESTED_HOT.name})
+        # On-demand renders (listing API) have a viewer waiting: they are taken with the hot lane.
+        hot = {VIDEO_REQUESTED_HOT.name, VIDEO_REQUESTED_ONDEMAND.name}
+        self.queue = LaneQueue(settings.max_in_flight, hot_topics=hot)
         self.retries: dict[TopicPartition, Retry] = {}
         self._attempts: dict[tuple[TopicPartition, int], int] = {}
+        self.active: dict[TopicPartition, asyncio.Task] = {}  # at most one record per partition in the stages
+        self._wake = asyncio.Event()  # a record arrived or a job ended: the dispatcher may start another
+        self.gpu_pool = ThreadPoolExecutor(1, thread_name_prefix="skuvid-gpu")  # one generation at a time
+        self.cpu_pool = ThreadPoolExecutor(settings.postprocess_workers, thread_name_prefix="skuvid-post")
         self.stopping = asyncio.Event()
+        self.stall = StallWatch(settings.render_stall_s)  # /healthz: a render running far too long
+        self.readiness = Readiness("model_loaded", "partitions_assigned", "producer_connected")
 
     async def run(self) -> None:
         """Consume until ``stop()``; the job in progress finishes and is committed, queued ones are redelivered.
@@ -108,16 +143,20 @@ class RendererService:
         consumer = AIOKafkaConsumer(**consumer_config(self.settings))
         consumer.subscribe([t.name for t in REQUEST_TOPICS], listener=_OnRebalance(self))
         await consumer.start()
+        lag = asyncio.create_task(report_lag(self.metrics, self.settings.renderer_group, lambda: aiokafka_lag(consumer)))
         try:
             fetcher = asyncio.create_task(self._fetch(consumer), name="fetch")
             worker = asyncio.create_task(self._work(consumer), name="work")
             stopped = asyncio.create_task(self.stopping.wait(), name="stopped")
             await asyncio.wait({fetcher, worker, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            self.stopping.set()  # whichever ended first, end the others; the worker finishes its job
+            self.stopping.set()  # whichever ended first, end the others; jobs in the stages finish
             fetcher.cancel()
             results = await asyncio.gather(fetcher, worker, stopped, return_exceptions=True)
         finally:
+            lag.cancel()
             await consumer.stop()
+            self.gpu_pool.shutdown(wait=False, cancel_futures=True)
+            self.cpu_pool.shutdown(wait=False, cancel_futures=True)
         errors = [r for r in results if isinstance(r, Exception)]
         if errors:
             raise errors[0]
@@ -132,16 +171,22 @@ class RendererService:
 
     # --- fetching ---------------------------------------------------------------------------------------
 
+    def in_flight(self) -> int:
+        """Records held by this renderer: queued, plus one per partition in the stages."""
+        return self.queue.qsize() + len(self.active)
+
     async def _fetch(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             self._release_due_retries()
-            free = self.queue.free()
-            self._set_paused(consumer, full=free == 0)
+            free = self.settings.max_in_flight - self.in_flight()
+            self._set_paused(consumer, full=free <= 0)
             batches = await consumer.getmany(timeout_ms=200, max_records=max(free, 1))
             for records in batches.values():
                 for record in records:
                     self.queue.put_nowait(record)  # getmany returned at most `free` records
-            self.metrics.in_flight.set(self.queue.qsize())
+            if batches:
+                self._wake.set()
+            self.metrics.in_flight.set(self.in_flight())
 
     def _release_due_retries(self) -> None:
         now = time.monotonic()
@@ -163,16 +208,40 @@ class RendererService:
     # --- working ----------------------------------------------------------------------------------------
 
     async def _work(self, consumer: AIOKafkaConsumer) -> None:
+        """Start a job for the next record of each partition that has none in the stages (hot lane first), so
+        generation, post-processing and upload of different partitions overlap while every partition is still
+        processed, and committed, in offset order. On stop, the jobs in the stages finish."""
+        jobs: set[asyncio.Task] = set()
         while not self.stopping.is_set():
-            record = await self.queue.get(timeout_s=0.5)
+            self._wake.clear()
+            record = self.queue.take(set(self.active))
             if record is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 0.5)
                 continue
             tp = TopicPartition(record.topic, record.partition)
-            if await self.handle(record):
-                await self._commit(consumer, tp, record.offset)
-            else:
-                self._seek_back(consumer, tp)
-            self.metrics.in_flight.set(self.queue.qsize())
+            self.active[tp] = job = asyncio.create_task(self._job(consumer, tp, record), name=f"{tp}@{record.offset}")
+            jobs.add(job)
+            job.add_done_callback(jobs.discard)
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        fatal = [r for r in results if isinstance(r, FatalError)]
+        if fatal:
+            raise fatal[0]
+
+    async def _job(self, consumer: AIOKafkaConsumer, tp: TopicPartition, record: ConsumerRecord) -> None:
+        try:
+            with bind_record(record):
+                if await self.handle(record):
+                    await self._commit(consumer, tp, record.offset)
+                else:
+                    self._seek_back(consumer, tp)
+        except FatalError:
+            self.stopping.set()
+            raise
+        finally:
+            self.active.pop(tp, None)
+            self._wake.set()
+            self.metrics.in_flight.set(self.in_flight())
 
     def _seek_back(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
         """Rewind ``tp`` to the record to retry and hold it paused: its later records must wait (commits are
@@ -197,8 +266,9 @@ class RendererService:
         self.metrics.events_consumed.labels(record.topic).inc()
         tp = TopicPartition(record.topic, record.partition)
         key = (tp, record.offset)
+        spent = _Spent()
         try:
-            await self._deliver(record)
+            await self._deliver(record, spent)
             self._attempts.pop(key, None)
             return True
         except Exception as exc:  # noqa: BLE001 - every error is classified below; nothing is swallowed
@@ -217,11 +287,15 @@ class RendererService:
             if failure.outcome is Outcome.FATAL:
                 raise FatalError(failure.message, reason=failure.reason) from exc
             settled = False
+        self._charge("failed" if settled else "retried", spent)
         if settled:
             self._attempts.pop(key, None)
         else:
             self._schedule_retry(tp, record.offset, attempt, failure)
         return settled
+
+    def _charge(self, outcome: str, spent: _Spent) -> None:
+        self.metrics.charge(outcome, spent.gpu_seconds, self.settings.gpu_price_cny_per_hour)
 
     async def _settle(self, record: ConsumerRecord, failure: Classified, attempt: int) -> bool:
         """Publish the outcome ``failure`` calls for; False when the record is to be retried instead."""
@@ -252,28 +326,56 @@ class RendererService:
         log.warning("%s@%d: attempt %d/%d failed (%s: %s); retrying in %.1f s", tp, offset, attempt,
                     self.settings.max_attempts, failure.reason.value, failure.message, delay)
 
-    async def _deliver(self, record: ConsumerRecord) -> None:
+    async def _deliver(self, record: ConsumerRecord, spent: _Spent) -> None:
         """Decode, render (or reuse), upload and publish; any failure raises and is classified by the caller."""
         request = decode(VIDEO_REQUESTED, record.value, max_bytes=self.settings.max_payload_bytes)
         assert isinstance(request, VideoRequested)
-        await self.render(request)
+        bind_event(request)
+        await self.render(request, spent)
 
-    async def render(self, request: VideoRequested) -> None:
+    def _stages(self, request: VideoRequested):
+        """The executors of one job: generation on the GPU thread (watched for stalls), the rest on the CPU
+        pool. Both keep the job's logging context."""
+        loop = asyncio.get_running_loop()
+
+        async def gpu(fn, *args):
+            with self.stall.job(request.request_key):
+                return await loop.run_in_executor(self.gpu_pool, contextvars.copy_context().run, fn, *args)
+
+        async def cpu(fn, *args):
+            return await loop.run_in_executor(self.cpu_pool, contextvars.copy_context().run, fn, *args)
+
+        return gpu, cpu
+
+    async def render(self, request: VideoRequested, spent: _Spent | None = None) -> None:
+        spent = spent or _Spent()
         prefix = self.settings.s3_prefix
         earlier = await stored_ready(self.store, request, prefix)
         if earlier is not None:
             self.metrics.renders.labels("reused").inc()
-            await self.publisher.publish(VIDEO_READY, earlier)
+            with self.metrics.time_stage("publish"):
+                await self.publisher.publish(VIDEO_READY, earlier)
             return
         started = time.perf_counter()
         log.info("render start %s %s", request.sku, request.request_key)
         with tempfile.TemporaryDirectory(prefix="skuvid-render-") as tmp:
-            rendered = await asyncio.to_thread(self.job.render, request, Path(tmp))
-            ready = await upload(self.store, request, rendered, prefix=prefix,
-                                 content_producer=self.settings.label_content_producer)
+            progress = StageProgress(self.metrics.observe_stage, gpu_clock=self.metrics.gpu_clock)
+            gpu, cpu = self._stages(request)
+            try:
+                with progress:
+                    rendered = await self.job.render_staged(request, Path(tmp), progress=progress, gpu=gpu, cpu=cpu)
+            finally:
+                spent.gpu_seconds = progress.gpu_seconds
+            self.metrics.update_gpu_memory(getattr(self.job.generator, "device", None), reset_peak=True)
+            cost = Cost.of(spent.gpu_seconds, self.settings.gpu_price_cny_per_hour)
+            with self.metrics.time_stage("upload"):
+                ready = await upload(self.store, request, rendered, prefix=prefix, cost=cost,
+                                     content_producer=self.settings.label_content_producer)
         self.metrics.render_seconds.observe(time.perf_counter() - started)
         self.metrics.quality_attempts.observe(ready.quality.attempts)
         self.metrics.video_bytes.observe(ready.bytes)
-        await self.publisher.publish(VIDEO_READY, ready)
+        with self.metrics.time_stage("publish"):
+            await self.publisher.publish(VIDEO_READY, ready)
+        self._charge("ready", spent)
         self.metrics.renders.labels("ready").inc()
         log.info("published %s %s %s", request.sku, request.request_key, ready.video_url)

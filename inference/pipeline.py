@@ -18,7 +18,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from inference.image_fetch import fit_image
+from inference.text_cache import TextEmbeddingCache
 from inference.tiny_model import ensure_tiny_model
 from schemas.events import Reason, RenderParams
 from skuvid.errors import FatalError, Outcome, SkuvidError
@@ -47,16 +48,6 @@ class GenerationError(SkuvidError):
 
 
 @dataclass(frozen=True)
-class GenerationRequest:
-    """One video to render. ``image`` (the product photo) makes it image-to-video."""
-
-    prompt: str
-    negative_prompt: str
-    params: RenderParams
-    image: Image.Image | None = None
-
-
-@dataclass(frozen=True)
 class RuntimeOptions:
     """The speed and memory knobs of the runtime (see the Settings fields of the same names)."""
 
@@ -65,19 +56,20 @@ class RuntimeOptions:
     attention_backend: str | None = None
     vae_tiling: bool = False
     offload: Literal["none", "model", "group"] = "none"
-    max_batch: int = 1
     image_fit: Literal["pad", "crop"] = "pad"
+    text_encoder_device: Literal["auto", "cpu"] = "auto"
+    text_cache_entries: int = 64
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RuntimeOptions:
         return cls(
             lora_path=settings.lora_path, compile_transformer=settings.compile_transformer,
             attention_backend=settings.attention_backend, vae_tiling=settings.vae_tiling,
-            offload=settings.offload, max_batch=settings.max_batch, image_fit=settings.image_fit,
+            offload=settings.offload, image_fit=settings.image_fit,
+            text_encoder_device=settings.text_encoder_device, text_cache_entries=settings.text_cache_entries,
         )
 
 
-BatchResult = np.ndarray | GenerationError
 StepCallback = Callable[[int, int], None]  # (denoising step done, steps in all)
 
 
@@ -130,6 +122,7 @@ class VideoGenerator:
         patch = t2v.transformer.config.patch_size
         self.size_multiple = t2v.vae_scale_factor_spatial * max(patch[1], patch[2])
         self.frame_multiple = t2v.vae_scale_factor_temporal
+        self.embeddings = TextEmbeddingCache(self._encode_text, options.text_cache_entries)
 
     # --- loading --------------------------------------------------------------------------------------------
 
@@ -167,6 +160,8 @@ class VideoGenerator:
             self._enable_vae_tiling()
         if self.device.type != "cuda" or self.options.offload == "none":
             self.t2v.to(self.device)
+            if self.options.text_encoder_device == "cpu":
+                self.t2v.text_encoder.to("cpu")  # 11 GB less on the GPU; the embedding cache hides its speed
         elif self._model_offload:
             self._use_model_offload(self.t2v)
         else:
@@ -211,66 +206,44 @@ class VideoGenerator:
     ) -> np.ndarray:
         """Render one clip: uint8 array (num_frames, height, width, 3). Same inputs and seed, same frames
         (on one device). ``guidance_scale <= 1`` disables classifier-free guidance (one forward per step).
-        ``on_step(n, total)`` is called after each denoising step (progress display)."""
-        result = self.generate_batch([GenerationRequest(prompt, negative_prompt, params, image)], on_step=on_step)[0]
-        if isinstance(result, GenerationError):
-            raise result
-        return result
+        ``on_step(n, total)`` is called after each denoising step (progress display).
 
-    def generate_batch(
-        self, requests: Sequence[GenerationRequest], on_step: StepCallback | None = None
-    ) -> list[BatchResult]:
-        """Render several clips; same-shape requests (and, for image-to-video, the same photo) share one
-        pipeline call of up to ``max_batch`` videos. Each clip equals what ``generate`` would give for it
-        (its own seeded noise). One entry per request, in order: the frames, or the error for that request."""
-        results: list[BatchResult | None] = [None] * len(requests)
-        for group in self._groups(requests):
-            batch = [requests[i] for i in group]
-            try:
-                frames = self._render(batch, on_step)
-            except GenerationError as exc:
-                for i in group:
-                    results[i] = exc
-                continue
-            for i, req, clip in zip(group, batch, frames, strict=True):
-                results[i] = _check_output(clip, req.params)
-        return results  # type: ignore[return-value]
-
-    def _groups(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
-        """Indexes of requests that can run in one call, chunks of at most ``max_batch``."""
-        by_key: dict[tuple, list[int]] = {}
-        for i, req in enumerate(requests):
-            p = req.params
-            image_key = None if req.image is None else (id(req.image), req.image.size)
-            key = (p.width, p.height, p.num_frames, p.steps, p.guidance_scale, p.flow_shift, image_key)
-            by_key.setdefault(key, []).append(i)
-        size = max(1, self.options.max_batch)
-        return [idx[j : j + size] for idx in by_key.values() for j in range(0, len(idx), size)]
-
-    def _render(self, batch: list[GenerationRequest], on_step: StepCallback | None = None) -> np.ndarray:
-        """One pipeline call for ``batch`` (same shape, same photo) -> float frames (B, F, H, W, 3) in [0, 1]."""
-        params = batch[0].params
+        One clip per call, by design: at 12,090 (480p) to 27,280 (720p) tokens per clip every matmul is
+        already large enough to fill the GPU, so batching clips adds latency and couples their failures
+        without raising clips per GPU-second (see BENCHMARKS.md). The GPU is kept busy by the renderer's
+        pipeline instead: post-processing and upload of one job overlap the generation of the next."""
         self._check_params(params)
-        image = batch[0].image
         pipe = self.t2v if image is None else self.i2v
         if pipe is None:
             raise GenerationError(
                 Reason.RENDER_ERROR, f"model {self.model_id!r} has no image-to-video mode (expand_timesteps off)"
             )
         kwargs: dict[str, Any] = dict(
-            prompt=[r.prompt for r in batch],
-            negative_prompt=[r.negative_prompt for r in batch],
+            prompt_embeds=self.embeddings.get(prompt),
             height=params.height, width=params.width, num_frames=params.num_frames,
             num_inference_steps=params.steps, guidance_scale=params.guidance_scale,
-            generator=[torch.Generator("cpu").manual_seed(r.params.seed) for r in batch],
+            generator=torch.Generator("cpu").manual_seed(params.seed),
             output_type="np", max_sequence_length=MAX_SEQUENCE_LENGTH,
         )
+        if params.guidance_scale > 1.0:  # the pipeline's own rule for classifier-free guidance
+            kwargs["negative_prompt_embeds"] = self.embeddings.get(negative_prompt)
         if image is not None:
             kwargs["image"] = fit_image(image, params.width, params.height, policy=self.options.image_fit)
         if on_step is not None:
             kwargs["callback_on_step_end"] = _step_reporter(on_step, params.steps)
         with self._lock:
-            return self._call_with_oom_retry(pipe, params.flow_shift, kwargs)
+            frames = self._call_with_oom_retry(pipe, params.flow_shift, kwargs)
+        return _check_output(frames[0], params)
+
+    def _encode_text(self, text: str) -> torch.Tensor:
+        """UMT5 embedding of ``text`` (1, 512, 4096) on the generation device, in the transformer's dtype;
+        the encoder runs wherever it was placed (GPU, or CPU with ``text_encoder_device=cpu``)."""
+        with torch.no_grad():
+            embeds, _ = self.t2v.encode_prompt(
+                prompt=text, do_classifier_free_guidance=False, max_sequence_length=MAX_SEQUENCE_LENGTH,
+                device=self.device, dtype=self.t2v.transformer.dtype,
+            )
+        return embeds
 
     def _check_params(self, params: RenderParams) -> None:
         if params.width % self.size_multiple or params.height % self.size_multiple:
@@ -330,15 +303,15 @@ class VideoGenerator:
         return self._schedulers[flow_shift]
 
 
-def _check_output(clip: np.ndarray, params: RenderParams) -> BatchResult:
-    """Float frames in [0, 1] -> uint8 (F, H, W, 3); NaN/inf or a wrong shape is an ``invalid_output`` error."""
+def _check_output(clip: np.ndarray, params: RenderParams) -> np.ndarray:
+    """Float frames in [0, 1] -> uint8 (F, H, W, 3); NaN/inf or a wrong shape raises ``invalid_output``."""
     expected = (params.num_frames, params.height, params.width, 3)
     if clip.shape != expected:
-        return GenerationError(Reason.INVALID_OUTPUT, f"frames have shape {clip.shape}, expected {expected}")
+        raise GenerationError(Reason.INVALID_OUTPUT, f"frames have shape {clip.shape}, expected {expected}")
     finite = np.isfinite(clip)
     if not finite.all():
         bad = int(clip.size - np.count_nonzero(finite))
-        return GenerationError(Reason.INVALID_OUTPUT, f"{bad} of {clip.size} output values are NaN or infinite")
+        raise GenerationError(Reason.INVALID_OUTPUT, f"{bad} of {clip.size} output values are NaN or infinite")
     return np.rint(np.clip(clip, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 

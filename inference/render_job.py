@@ -1,16 +1,20 @@
 """One render request -> labelled files on disk: fetch image, generate, quality gate (retry), label, encode.
 
-Synchronous and CPU/GPU-heavy: the renderer service runs it in a worker thread, ``skuvid render`` directly.
+The job is a sequence of stages (``render_staged``): generation runs on the executor the caller gives for the
+GPU, the image fetch, quality gate and encoding on the one for the CPU, so the renderer can overlap one job's
+post-processing with the next job's generation; ``render`` runs them all in the calling thread (the CLI).
 Every failure that the request itself causes raises ``RenderError`` with a ``Reason``; anything else is a bug
 or an infrastructure fault and propagates.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -28,6 +32,12 @@ from skuvid.settings import Settings
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int | None, int | None], None]  # (stage, step, steps): step/steps None outside denoising
+Stage = Callable[..., Awaitable[Any]]  # await stage(fn, *args) -> fn(*args), run on some executor
+
+
+async def inline(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a stage in the caller's thread (no pool)."""
+    return fn(*args)
 
 
 def _silent(stage: str, step: int | None, total: int | None) -> None:
@@ -66,14 +76,54 @@ class RenderJob:
 
     def render(self, request: VideoRequested, out_dir: Path, *, image: Image.Image | None = None,
                progress: Progress | None = None) -> RenderedVideo:
-        """``image``: the product photo when the caller fetched it already (else it is fetched here).
-        ``progress(stage, step, total)`` hears of each stage and denoising step (for a terminal)."""
+        """The whole job in this thread (``skuvid render``, tests). ``image``: the product photo when the
+        caller fetched it already (else it is fetched here). ``progress(stage, step, total)`` hears of each
+        stage and denoising step."""
+        return asyncio.run(self.render_staged(request, out_dir, image=image, progress=progress))
+
+    async def render_staged(self, request: VideoRequested, out_dir: Path, *, image: Image.Image | None = None,
+                            progress: Progress | None = None, gpu: Stage = inline, cpu: Stage = inline
+                            ) -> RenderedVideo:
+        """The job as stages on the given executors: ``gpu`` runs each generation, ``cpu`` the image fetch,
+        the quality gate and the labelling/encoding. The renderer gives each its own pool, so one job's
+        post-processing overlaps the next job's generation; ``inline`` runs a stage in the caller."""
         report = progress or _silent
         self._check_model(request)
         if image is None and request.image_url:
             report("fetching image", None, None)
-            image = self._product_image(request)
-        best, attempts = self._best_attempt(request, image, report)
+            image = await cpu(self._product_image, request)
+        best: _Attempt | None = None
+        attempts = 0
+        for attempt in range(self.settings.quality_max_attempts):
+            frames, seed = await gpu(self._generate, request, image, attempt, report)
+            report("quality gate", None, None)
+            gate = await cpu(self.gate.evaluate, frames, request.prompt.positive, image)
+            attempts = attempt + 1
+            log.info("%s attempt %d seed %d: %s %s", request.sku, attempts, seed, gate.passed, gate.failures)
+            if best is None or gate.score > best.gate.score:
+                best = _Attempt(frames, gate, seed)
+            if gate.passed:
+                break
+        assert best is not None
+        report("labelling and encoding", None, None)
+        return await cpu(self._finish, request, best, attempts, out_dir)
+
+    def _generate(self, request: VideoRequested, image: Image.Image | None, attempt: int,
+                  report: Progress) -> tuple[np.ndarray, int]:
+        """One generation attempt (a new seed per attempt): the frames and the seed."""
+        seed = (request.params.seed + attempt) % 2**63
+        params = request.params.model_copy(update={"seed": seed})
+        stage = f"generating (attempt {attempt + 1})"
+        report(stage, 0, params.steps)
+        on_step = None if report is _silent else (lambda n, total: report(stage, n, total))
+        frames = self.generator.generate(
+            prompt=request.prompt.positive, negative_prompt=request.prompt.negative, params=params, image=image,
+            on_step=on_step,
+        )
+        return frames, seed
+
+    def _finish(self, request: VideoRequested, best: _Attempt, attempts: int, out_dir: Path) -> RenderedVideo:
+        """The gate's verdict on the best attempt, then mark, metadata, overlays and H.264 renditions."""
         passed = best.gate.passed
         if not passed and not self.settings.quality_publish_best_below_gate:
             raise RenderError(
@@ -81,7 +131,6 @@ class RenderJob:
                 f"no attempt passed the quality gate in {self.settings.quality_max_attempts}: {best.gate.failures}",
                 best.gate.failure_details(attempts),
             )
-        report("labelling and encoding", None, None)
         renditions = finish_video(
             best.frames,
             out_dir=out_dir,
@@ -118,32 +167,6 @@ class RenderJob:
         # Unfitted: the generator fits it to the frame with the configured pad/crop policy. ImageFetchError
         # says itself whether a later try may succeed (a timeout) or not (a forbidden or broken image).
         return fetch_image_for(self.settings, request.image_url)
-
-    def _best_attempt(self, request: VideoRequested, image: Image.Image | None,
-                      report: Progress) -> tuple[_Attempt, int]:
-        """Generate until an attempt passes the gate (new seed each time); the best-scoring one and the count."""
-        best: _Attempt | None = None
-        attempts = 0
-        for attempt in range(self.settings.quality_max_attempts):
-            seed = (request.params.seed + attempt) % 2**63
-            params = request.params.model_copy(update={"seed": seed})
-            stage = f"generating (attempt {attempt + 1})"
-            report(stage, 0, params.steps)
-            on_step = None if report is _silent else (lambda n, total, stage=stage: report(stage, n, total))
-            frames = self.generator.generate(
-                prompt=request.prompt.positive, negative_prompt=request.prompt.negative, params=params, image=image,
-                on_step=on_step,
-            )
-            report("quality gate", None, None)
-            gate = self.gate.evaluate(frames, request.prompt.positive, image)
-            attempts = attempt + 1
-            log.info("%s attempt %d seed %d: %s %s", request.sku, attempt + 1, seed, gate.passed, gate.failures)
-            if best is None or gate.score > best.gate.score:
-                best = _Attempt(frames, gate, seed)
-            if gate.passed:
-                break
-        assert best is not None
-        return best, attempts
 
     def _aigc_label(self, request: VideoRequested) -> AigcLabel:
         s = self.settings

@@ -1,5 +1,5 @@
 """The diffusers runtime on the tiny random-weight model: shapes, determinism, image conditioning, CFG,
-batching, and the failure contract (NaN output, CUDA OOM retry)."""
+the text-embedding cache, and the failure contract (NaN output, CUDA OOM retry)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from PIL import Image
 
 from inference.pipeline import (
     GenerationError,
-    GenerationRequest,
     VideoGenerator,
     resolve_device,
     transformer_dtype_for,
@@ -33,7 +32,7 @@ def settings_for(tiny_dir: Path, **overrides) -> Settings:
 
 @pytest.fixture(scope="session")
 def gen(tiny_dir) -> VideoGenerator:
-    return VideoGenerator.load(settings_for(tiny_dir, max_batch=4))
+    return VideoGenerator.load(settings_for(tiny_dir))
 
 
 @pytest.fixture(scope="session")
@@ -150,43 +149,35 @@ def test_image_conditioning_changes_the_video(gen, photo):
     assert np.abs(i2v[0].astype(int) - other_photo[0].astype(int)).mean() > 1.0
 
 
-# --- batching ------------------------------------------------------------------------------------------------
+# --- text embeddings -----------------------------------------------------------------------------------------
 
 
-def test_batch_matches_single_renders_in_order(gen, photo):
-    other = PARAMS.model_copy(update={"seed": 99})
-    wide = PARAMS.model_copy(update={"width": 96})
-    requests = [
-        GenerationRequest(PROMPT, NEGATIVE, PARAMS),
-        GenerationRequest("a steel knife", NEGATIVE, wide),
-        GenerationRequest("a blue teapot", NEGATIVE, other),
-        GenerationRequest(PROMPT, NEGATIVE, PARAMS, photo),
-        GenerationRequest("a blue teapot", NEGATIVE, other, photo),
-    ]
-    calls, handle = count_forwards(gen)
+def test_text_embeddings_are_encoded_once_per_text(tiny_dir):
+    fresh = VideoGenerator.load(settings_for(tiny_dir))
+    encodes: list[int] = []
+    handle = fresh.t2v.text_encoder.register_forward_hook(lambda *_: encodes.append(1))
     try:
-        results = gen.generate_batch(requests)
+        first = render(fresh, seed=1)
+        render(fresh, seed=2)  # a quality retry: same prompt, new seed
+        render(fresh, prompt="a blue teapot", seed=3)  # same negative prompt
     finally:
         handle.remove()
-    # three pipeline calls (t2v 64x64 pair, t2v 96x64, i2v pair) x steps x 2 (CFG)
-    assert len(calls) == 3 * PARAMS.steps * 2
-    for req, got in zip(requests, results, strict=True):
-        single = gen.generate(prompt=req.prompt, negative_prompt=req.negative_prompt, params=req.params,
-                              image=req.image)
-        assert got.shape == single.shape
-        assert np.abs(got.astype(int) - single.astype(int)).max() <= 2  # batched matmuls round differently
+    assert len(encodes) == 3  # PROMPT, NEGATIVE, "a blue teapot": each once
+    assert (fresh.embeddings.hits, fresh.embeddings.misses) == (3, 3)
+    assert np.array_equal(first, render(fresh, seed=1))  # cached embeddings give the same frames
 
 
-def test_max_batch_splits_groups(tiny_dir):
-    one_at_a_time = VideoGenerator.load(settings_for(tiny_dir, max_batch=1))
-    requests = [GenerationRequest(PROMPT, NEGATIVE, PARAMS.model_copy(update={"seed": s})) for s in (1, 2)]
-    calls, handle = count_forwards(one_at_a_time)
-    try:
-        results = one_at_a_time.generate_batch(requests)
-    finally:
-        handle.remove()
-    assert len(calls) == 2 * PARAMS.steps * 2
-    assert not np.array_equal(results[0], results[1])
+def test_embedding_cache_is_bounded(tiny_dir):
+    small = VideoGenerator.load(settings_for(tiny_dir, text_cache_entries=2, guidance_scale=1.0))
+    for text in ("a", "b", "c"):
+        small.embeddings.get(text)
+    assert len(small.embeddings) == 2
+
+
+def test_text_encoder_can_stay_on_the_cpu(tiny_dir):
+    cpu_encoder = VideoGenerator.load(settings_for(tiny_dir, text_encoder_device="cpu"))
+    assert cpu_encoder.t2v.text_encoder.device.type == "cpu"
+    assert render(cpu_encoder).shape == (PARAMS.num_frames, PARAMS.height, PARAMS.width, 3)
 
 
 # --- failure contract ----------------------------------------------------------------------------------------
@@ -207,8 +198,6 @@ def test_nan_output_is_invalid_output(tiny_dir):
         render(poisoned)
     assert info.value.reason is Reason.INVALID_OUTPUT
     assert "are NaN or infinite" in info.value.message
-    result = poisoned.generate_batch([GenerationRequest(PROMPT, NEGATIVE, PARAMS)])[0]
-    assert isinstance(result, GenerationError) and result.reason is Reason.INVALID_OUTPUT
 
 
 class OomDouble:
