@@ -1,4 +1,5 @@
-"""Generate the checked-in contract files from the models: one JSON Schema per topic and an AsyncAPI 3 document.
+"""Generate the checked-in contract files from the models: one JSON Schema per topic, an AsyncAPI 3 document
+and the listing API's OpenAPI document (``api.openapi``).
 
 ``python -m schemas.export`` rewrites them; ``tests/unit/test_schemas.py`` fails when they drift.
 """
@@ -66,6 +67,9 @@ def rendered() -> dict[str, bytes]:
     opts = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
     files = {f"{t.name}.schema.json": orjson.dumps(json_schema(t), option=opts) for t in ALL_TOPICS}
     files["asyncapi.json"] = orjson.dumps(asyncapi(), option=opts)
+    from api.openapi import FILE_NAME, rendered as openapi  # noqa: PLC0415 - the listing API's HTTP contract
+
+    files[FILE_NAME] = openapi()
     return files
 
 

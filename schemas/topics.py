@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from schemas.engagement import EngagementEvent
 from schemas.events import (
     DeadLetter,
     Lane,
@@ -13,6 +14,7 @@ from schemas.events import (
     ProductUpdated,
     PromoStarted,
     VideoFailed,
+    VideoPlanned,
     VideoReady,
     VideoRequested,
 )
@@ -36,10 +38,22 @@ VIDEO_REQUESTED_HOT = Topic(
 VIDEO_READY = Topic("video.ready", VideoReady, 6, "A labelled MP4 is on the CDN, keyed by SKU.")
 VIDEO_FAILED = Topic("video.failed", VideoFailed, 3, "A product or request that gets no video, and why.")
 DEAD_LETTER = Topic("skuvid.dead-letter", DeadLetter, 1, "Records no consumer could process, with the reason.")
+# --- listing API: on-demand renders and the planner's plans (read by the API's video index)
+VIDEO_REQUESTED_ONDEMAND = Topic(
+    "video.requested.ondemand", VideoRequested, 6,
+    "Renders asked for through the listing API (POST /v1/videos, first views of lazily planned SKUs); "
+    "taken with the hot lane, keyed by video id or SKU.",
+)
+VIDEO_PLANNED = Topic(
+    "video.planned", VideoPlanned, 6,
+    "The planner's latest plan per SKU variant, sent at once or held for the first view (compacted, keyed "
+    "sku|variant_id).",
+)
+ENGAGEMENT = Topic("engagement", EngagementEvent, 6, "Experiment exposures and user actions, keyed by user id.")
 
-INPUT_TOPICS = (PRODUCT_CREATED, PRODUCT_UPDATED, PROMO_STARTED)
-REQUEST_TOPICS = (VIDEO_REQUESTED_HOT, VIDEO_REQUESTED)  # renderers take hot before bulk
-ALL_TOPICS = (*INPUT_TOPICS, *REQUEST_TOPICS, VIDEO_READY, VIDEO_FAILED, DEAD_LETTER)
+INPUT_TOPICS = (PRODUCT_CREATED, PRODUCT_UPDATED, PROMO_STARTED, ENGAGEMENT)
+REQUEST_TOPICS = (VIDEO_REQUESTED_HOT, VIDEO_REQUESTED_ONDEMAND, VIDEO_REQUESTED)  # renderers: hot, on-demand, bulk
+ALL_TOPICS = (*INPUT_TOPICS, *REQUEST_TOPICS, VIDEO_READY, VIDEO_FAILED, DEAD_LETTER, VIDEO_PLANNED)
 BY_NAME = {t.name: t for t in ALL_TOPICS}
 
 

@@ -140,11 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_emit)
 
     p = sub.add_parser("serve", help="run the services against the configured broker")
-    p.add_argument("--role", choices=("all", "planner", "renderer"), default="all")
+    p.add_argument("--role", choices=("all", "planner", "renderer", "api"), default="all")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("bench", help="run a benchmark and print JSON")
-    p.add_argument("name", choices=("inference", "prompts", "postprocess", "planner", "cli"))
+    p.add_argument("name", choices=("inference", "prompts", "postprocess", "planner", "cli", "api"))
     p.add_argument("--json", action="store_true", help="one line of JSON")
     p.add_argument("--full-size", action="store_true", help="inference: full 5B architecture (GPU)")
     p.set_defaults(func=_cmd_bench)

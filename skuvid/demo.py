@@ -64,6 +64,7 @@ def demo_settings(bootstrap: str, out: Path) -> Settings:
         cdn_base_url="cdn",  # relative to index.html
         planner_data_dir=out / "planner",
         image_file_root=REPO_ROOT,
+        render_policy="eager",  # no listing API runs in the demo: nothing would view the long tail
     )
 
 

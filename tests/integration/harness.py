@@ -46,6 +46,7 @@ def service_settings(bootstrap: str, work: Path, **overrides) -> Settings:
         "local_store_dir": work / "cdn",
         "planner_data_dir": work / "planner",
         "image_file_root": REPO_ROOT,
+        "render_policy": "eager",  # render every plan at once; the listing API's tests pass "auto"
     }
     return Settings(**(values | overrides))
 
@@ -131,3 +132,67 @@ async def read_until(bootstrap: str, topics: list[str], done: Callable[[list], b
 
 def run(coro):
     return asyncio.run(coro)
+
+
+# --- helpers of the reliability suite (tests/reliability) ---------------------------------------------------
+
+
+class CommandService(Service):
+    """A service process started as ``python -m MODULE ARGS`` (e.g. ``bench.fake_renderer``), with Settings in
+    its environment plus ``extra_env`` (credentials meant for this child only); same handle as ``Service``."""
+
+    def __init__(self, role: str, module: str, args: list[str], settings: Settings, log_dir: Path,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.role = role
+        self.log_path = log_dir / f"{role}-{uuid.uuid4().hex[:6]}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            env={**os.environ, **as_env(settings), **(extra_env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+
+
+def restart_kafka(broker, down_s: float):
+    """Stop ``broker`` (a ``KafkaBroker``), keep it down ``down_s`` seconds, start it again on the same work
+    folder (data kept) and the same port; returns the new handle. Call from the thread that started the first
+    one (brokers die with the thread that spawned them)."""
+    from skuvid.brokers import KafkaBroker
+
+    broker.stop()
+    time.sleep(down_s)
+    return KafkaBroker.start(broker.work_dir, repo_root=REPO_ROOT, port=broker.port)
+
+
+async def group_lag(bootstrap: str, group: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    """``(topic, partition) -> end offset - committed offset`` of consumer group ``group`` over every partition
+    of ``topics``, committed offsets read with an admin client (a partition never committed counts from 0)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in range(BY_NAME[t].partitions)]
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    done = {(tp.topic, tp.partition): meta.offset for tp, meta in committed.items() if meta.offset >= 0}
+    return {(tp.topic, tp.partition): max(0, end - done.get((tp.topic, tp.partition), 0)) for tp, end in ends.items()}
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process ``pid`` (psutil when installed, else VmRSS of /proc/PID/status)."""
+    try:
+        import psutil
+    except ModuleNotFoundError:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise ProcessLookupError(pid) from None
+    return int(psutil.Process(pid).memory_info().rss)
