@@ -59,6 +59,9 @@ class RuntimeOptions:
     image_fit: Literal["pad", "crop"] = "pad"
     text_encoder_device: Literal["auto", "cpu"] = "auto"
     text_cache_entries: int = 64
+    quantize: Literal["none", "fp8", "fp8_weight_only"] = "none"
+    step_cache: Literal["none", "first_block"] = "none"
+    step_cache_threshold: float = 0.1
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RuntimeOptions:
@@ -67,6 +70,8 @@ class RuntimeOptions:
             attention_backend=settings.attention_backend, vae_tiling=settings.vae_tiling,
             offload=settings.offload, image_fit=settings.image_fit,
             text_encoder_device=settings.text_encoder_device, text_cache_entries=settings.text_cache_entries,
+            quantize=settings.quantize, step_cache=settings.step_cache,
+            step_cache_threshold=settings.step_cache_threshold,
         )
 
 
@@ -168,11 +173,7 @@ class VideoGenerator:
             self._use_group_offload()
 
     def _speed_up(self) -> None:
-        transformer = self.t2v.transformer
-        if self.options.attention_backend:
-            transformer.set_attention_backend(self.options.attention_backend)
-        if self.options.compile_transformer:
-            transformer.compile_repeated_blocks(fullgraph=True)
+        apply_speed_options(self.t2v.transformer, self.options, self.device)
 
     def _use_model_offload(self, pipe: Any) -> None:
         """Whole-model CPU offload (accelerate hooks). The hooks belong to one pipeline object, so they move
@@ -313,6 +314,35 @@ def _check_output(clip: np.ndarray, params: RenderParams) -> np.ndarray:
         bad = int(clip.size - np.count_nonzero(finite))
         raise GenerationError(Reason.INVALID_OUTPUT, f"{bad} of {clip.size} output values are NaN or infinite")
     return np.rint(np.clip(clip, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def apply_speed_options(transformer: Any, options: RuntimeOptions, device: torch.device) -> None:
+    """The transformer's speed options, in the order they compose: FP8 weights (and activations) with
+    torchao, the attention backend, the step cache (diffusers' First Block Cache: later blocks are skipped on
+    steps whose first-block residual barely changed), then regional ``torch.compile`` of the repeated blocks.
+    Shared with the GPU benchmark, so what is measured is what the worker runs. Raises ``FatalError`` for an
+    option this device cannot run."""
+    if options.quantize != "none":
+        _quantize_fp8(transformer, activations=options.quantize == "fp8", device=device)
+    if options.attention_backend:
+        transformer.set_attention_backend(options.attention_backend)
+    if options.step_cache == "first_block":
+        from diffusers.hooks import FirstBlockCacheConfig
+
+        transformer.enable_cache(FirstBlockCacheConfig(threshold=options.step_cache_threshold))
+    if options.compile_transformer:
+        transformer.compile_repeated_blocks(fullgraph=True)
+
+
+def _quantize_fp8(transformer: Any, *, activations: bool, device: torch.device) -> None:
+    """FP8 (e4m3) weights; with ``activations`` also dynamically quantized activations (row-wise scales), which
+    needs a GPU with FP8 tensor cores (compute capability >= 8.9: Ada, Hopper)."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Float8WeightOnlyConfig, quantize_
+
+    if activations and not (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)):
+        raise FatalError(f"SKUVID_QUANTIZE=fp8 needs a CUDA GPU with compute capability >= 8.9, not {device}; "
+                         "use fp8_weight_only or none", reason=Reason.INVALID_PARAMS)
+    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig() if activations else Float8WeightOnlyConfig())
 
 
 def _step_reporter(on_step: StepCallback, total: int) -> Callable[..., dict]:

@@ -77,7 +77,15 @@ class Settings(BaseSettings):
     flow_shift: float = Field(default=5.0, gt=0.0)
     lora_path: str | None = Field(default=None, description="Step-distilled LoRA: few steps, no CFG.")
     compile_transformer: bool = Field(default=False, description="torch.compile the transformer (slow first call).")
-    attention_backend: str | None = Field(default=None, description="diffusers backend: flash, _native_cudnn …")
+    attention_backend: str | None = Field(default=None, description="diffusers backend: flash, sage, _native_cudnn …")
+    quantize: Literal["none", "fp8", "fp8_weight_only"] = Field(
+        default="none", description="torchao FP8 transformer: weights+activations (Hopper/Ada) or weights only."
+    )
+    step_cache: Literal["none", "first_block"] = Field(
+        default="none", description="diffusers First Block Cache: skip the transformer's later blocks on steps "
+        "that barely change."
+    )
+    step_cache_threshold: float = Field(default=0.1, gt=0, le=1, description="First Block Cache residual threshold.")
     vae_tiling: bool = Field(default=False, description="Tiled/sliced VAE decode: less GPU memory, a little slower.")
     offload: Literal["none", "model", "group"] = Field(default="none", description="CPU offload for 24 GB cards.")
     text_encoder_device: Literal["auto", "cpu"] = Field(

@@ -281,3 +281,36 @@ def test_offload_options_are_ignored_on_cpu(tiny_dir, gen):
     offloaded = VideoGenerator.load(settings_for(tiny_dir, offload="model", vae_tiling=True))
     assert offloaded.t2v.vae.use_tiling and offloaded.t2v.vae.use_slicing
     assert np.array_equal(render(offloaded), render(gen))
+
+
+# --- speed options (each runs on the CPU with the tiny model; their GPU figures are in BENCHMARKS.md) -------
+
+
+@pytest.mark.parametrize(
+    "option",
+    [{"quantize": "fp8_weight_only"}, {"step_cache": "first_block", "step_cache_threshold": 0.2},
+     {"attention_backend": "native"}],
+    ids=["fp8-weights", "first-block-cache", "attention-backend"],
+)
+def test_speed_option_renders_frames_of_the_right_shape(tiny_dir, option):
+    fast = VideoGenerator.load(settings_for(tiny_dir, **option))
+    frames = render(fast, steps=6)
+    assert frames.shape == (PARAMS.num_frames, PARAMS.height, PARAMS.width, 3) and frames.dtype == np.uint8
+
+
+def test_first_block_cache_skips_work_on_later_steps(tiny_dir):
+    cached = VideoGenerator.load(settings_for(tiny_dir, step_cache="first_block", step_cache_threshold=0.2))
+    ffn_calls: list[int] = []  # the last block's feed-forward runs only when the block is not skipped
+    handle = cached.t2v.transformer.blocks[-1].ffn.register_forward_hook(lambda *_: ffn_calls.append(1))
+    try:
+        render(cached, steps=8)
+    finally:
+        handle.remove()
+    assert 1 <= len(ffn_calls) < 8 * 2  # 8 steps x 2 CFG halves without the cache
+
+
+def test_fp8_activations_need_an_fp8_gpu(tiny_dir):
+    from skuvid.errors import FatalError
+
+    with pytest.raises(FatalError, match="compute capability"):
+        VideoGenerator.load(settings_for(tiny_dir, quantize="fp8"))
