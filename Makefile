@@ -24,9 +24,12 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 # The visible "AI生成" mark needs a real CJK font; Debian's WenQuanYi Micro Hei (1.6 MB).
+# The experiment report's HTML is checked in a real headless browser: Debian's chromium.
 system:
 	@test -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei >/dev/null; }
+	@command -v chromium >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lock:
 	$(UV) pip compile -q pyproject.toml --extra test --python-version 3.11 -o requirements.lock
