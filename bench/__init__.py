@@ -26,6 +26,18 @@ def run_named(name: str, settings: Settings, *, full_size: bool = False) -> dict
         from bench.postprocess import run
 
         return run()
+    if name == "api":
+        from bench.api import run
+
+        return run()
+    if name == "gpu":
+        from bench.gpu_suite import run
+
+        return run(settings)
+    if name == "renderer":
+        from bench.renderer import run
+
+        return run()
     if name == "cli":
         from bench.cli import run
 
