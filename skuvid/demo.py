@@ -113,6 +113,7 @@ async def collect(settings: Settings, expected: Expected, idle_timeout_s: float)
     ready: dict[str, VideoReady] = {}
     failed: dict[str, VideoFailed] = {}
     last_progress = time.monotonic()
+    live = sys.stderr.isatty()
     try:
         while not (expected.videos.keys() <= ready.keys() and expected.refused <= failed.keys()):
             if time.monotonic() - last_progress > idle_timeout_s:
@@ -125,20 +126,24 @@ async def collect(settings: Settings, expected: Expected, idle_timeout_s: float)
                         ready[event.request_key] = event
                     elif isinstance(event, VideoFailed) and event.sku:
                         failed[event.sku] = event
-            if len(ready) + len(failed) > before:
+            progressed = len(ready) + len(failed) > before
+            if progressed:
                 last_progress = time.monotonic()
-            _progress_line(expected, ready, failed, time.monotonic() - last_progress)
+            if live or progressed:
+                _progress_line(expected, ready, failed, time.monotonic() - last_progress, live=live)
     finally:
         await consumer.stop()
-        print(file=sys.stderr)
+        if live:
+            print(file=sys.stderr)
     return ready, failed
 
 
-def _progress_line(expected: Expected, ready: dict, failed: dict, idle_s: float) -> None:
+def _progress_line(expected: Expected, ready: dict, failed: dict, idle_s: float, *, live: bool) -> None:
+    """One status line: redrawn in place on a terminal, else a new line per new outcome."""
     wanted = len(expected.videos) + len(expected.refused)
-    print(f"\rdemo: {len(ready)}/{len(expected.videos)} videos ready, {len(failed)}/{len(expected.refused)} refused "
-          f"({len(ready) + len(failed)}/{wanted} outcomes; {idle_s:.0f} s since the last)   ",
-          end="", file=sys.stderr, flush=True)
+    text = (f"demo: {len(ready)}/{len(expected.videos)} videos ready, {len(failed)}/{len(expected.refused)} refused "
+            f"({len(ready) + len(failed)}/{wanted} outcomes; {idle_s:.0f} s since the last)")
+    print(f"\r{text}   " if live else text, end="" if live else "\n", file=sys.stderr, flush=True)
 
 
 def start_services(settings: Settings, log_dir: Path) -> list[subprocess.Popen]:
