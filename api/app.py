@@ -25,6 +25,7 @@ from api.models import (
     VideoStatus,
 )
 from api.service import ApiService
+from review.routes import review_router
 
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -112,6 +113,9 @@ def create_app(service: ApiService | None, *, max_body_bytes: int = 16_384) -> F
             "ready": report.ready, "failed": report.failed, "unknown_skus": report.unknown_skus,
             "eta_s": report.eta_s, "starts_at": _dt(report.starts_at), "ends_at": _dt(report.ends_at),
         })
+
+    # The review desk (/review, /v1/review/report): outside the listing API's OpenAPI document; 404 when off.
+    app.include_router(review_router(lambda: service.review if service is not None else None))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

@@ -6,6 +6,7 @@ without routing, and a restarted or added replica rebuilds by reading again (the
 read up to the end offsets it saw at start; until then lookups answer 503 ``index_loading``.
 
 Records that do not decode are counted and skipped (the index is a reader; the producers dead-letter).
+Observers of the index (the review queue) add their topics to the ones read; readiness covers them too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from schemas.topics import (
     VIDEO_PLANNED,
     VIDEO_READY,
     VIDEO_REQUESTED_ONDEMAND,
+    VIDEO_WITHDRAWN,
+    Topic,
 )
 from skuvid.brokers import BrokerError, ensure_topics
 from skuvid.errors import FatalError
@@ -32,7 +35,7 @@ from skuvid.settings import Settings
 
 log = logging.getLogger(__name__)
 
-INDEX_TOPICS = (VIDEO_PLANNED, VIDEO_READY, VIDEO_FAILED, VIDEO_REQUESTED_ONDEMAND, PROMO_STARTED)
+INDEX_TOPICS = (VIDEO_PLANNED, VIDEO_READY, VIDEO_FAILED, VIDEO_REQUESTED_ONDEMAND, PROMO_STARTED, VIDEO_WITHDRAWN)
 BATCH = 2000
 
 
@@ -40,10 +43,15 @@ def ensure_api_topics(settings: Settings) -> None:
     """Create (or verify) the topics the API reads and writes, ``video.planned`` compacted, before reading.
     Raises ``FatalError`` when one exists with another partition count or cannot be created."""
     wanted = {t.name: t.partitions for t in INDEX_TOPICS}
+    configs = {VIDEO_PLANNED.name: {"cleanup.policy": "compact"}}
+    if settings.review_enabled:
+        from review.book import REVIEW_TOPIC_CONFIGS, ReviewBook  # noqa: PLC0415 - only with review on
+
+        wanted |= {t.name: t.partitions for t in ReviewBook.topics}
+        configs |= REVIEW_TOPIC_CONFIGS
     try:
         ensure_topics(",".join(bootstrap_list(settings)), wanted, replication=settings.kafka_replication_factor,
-                      configs={VIDEO_PLANNED.name: {"cleanup.policy": "compact"}},
-                      client_options=security_options(settings))
+                      configs=configs, client_options=security_options(settings))
     except BrokerError as exc:
         raise FatalError(f"the API's topics are not usable: {exc}", reason=Reason.BROKER_UNAVAILABLE) from None
 
@@ -59,6 +67,10 @@ class IndexFeed:
     def is_ready(self) -> bool:
         return self.caught_up.is_set()
 
+    def topics(self) -> tuple[Topic, ...]:
+        """The index topics and those of the index's observers, each once."""
+        return tuple({t.name: t for t in (*INDEX_TOPICS, *self.index.observed_topics())}.values())
+
     async def run(self) -> None:
         """Read until cancelled; sets ``caught_up`` once the end offsets seen at start are reached."""
         consumer = AIOKafkaConsumer(
@@ -68,7 +80,7 @@ class IndexFeed:
         )
         await consumer.start()
         try:
-            partitions = [TopicPartition(t.name, p) for t in INDEX_TOPICS for p in range(t.partitions)]
+            partitions = [TopicPartition(t.name, p) for t in self.topics() for p in range(t.partitions)]
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             targets = await consumer.end_offsets(partitions)

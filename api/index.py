@@ -11,7 +11,13 @@ rebuilds the same state; every replica holds a full copy and answers for every S
 * ``video.failed``: render failures by request key; planning refusals by SKU and source event (unsafe
   content, and ``unknown_sku`` for SKUs a promo lists that the catalog does not know);
 * ``video.requested.ondemand``: ``POST /v1/videos`` ids, and the held requests first views have sent;
-* ``promo.started``: promo ids, their event ids, listed SKUs and windows.
+* ``promo.started``: promo ids, their event ids, listed SKUs and windows;
+* ``video.withdrawn``: videos rejected in review are never served again (the listing falls back to the SKU's
+  next variant, or to none); a ``refuse`` withdrawal refuses the product until a newer daily plan (its data
+  changed), a ``rerender`` one answers ``pending`` until the re-render (same variant, new key) is ready.
+
+Observers (``observe``) see every record after the index applied it, and name further topics the feed reads for
+them: the review queue (``review.book``) is kept this way on every replica.
 
 Every ``apply_*`` is independent of the order the topics are read in: a rebuild interleaves them arbitrarily.
 Queries take the wall clock ``now`` (epoch seconds): at a promo's ``valid_until`` its variant stops being
@@ -25,15 +31,31 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from os.path import commonprefix
 from sys import intern
+from typing import TYPE_CHECKING, Protocol
 
 from api.selection import choose_arm, experiment_id
-from schemas.events import Lane, Locale, PromoStarted, Reason, VideoFailed, VideoPlanned, VideoReady, VideoRequested
+from schemas.events import (
+    Lane,
+    Locale,
+    PromoStarted,
+    Reason,
+    VideoFailed,
+    VideoPlanned,
+    VideoReady,
+    VideoRequested,
+    VideoWithdrawn,
+    WithdrawalAction,
+)
+
+if TYPE_CHECKING:
+    from schemas.topics import Topic
 
 ONDEMAND_PREFIX = "ondemand-"  # variant id of POST /v1/videos renders: "ondemand-<video id>"
 MAX_REFUSALS = 4  # planning refusals kept per SKU (the newest decide)
 THROUGHPUT_SAMPLES = 256  # newest video.ready times the throughput is measured over …
 THROUGHPUT_WINDOW_S = 1800.0  # … as far back as this from the newest one
 LOCALES = frozenset(locale.value for locale in Locale)
+REVIEW_REJECTED = "review_rejected"  # reason of a refusal or miss caused by a rejected video
 
 
 @dataclass(slots=True)
@@ -52,6 +74,7 @@ class Slot:
     partition: int  # of the video.planned record holding the full request
     offset: int
     ready_key: str | None = None  # newest video of this variant (maybe of an older plan: served meanwhile)
+    template_version: int | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -99,6 +122,23 @@ class Refusal:
 class SkuEntry:
     slots: dict[str, Slot] = field(default_factory=dict)  # variant id -> current plan
     refusals: list[Refusal] | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Withdrawal:
+    """A video rejected in review: never served again; ``rerender_key``: its re-render, when one was sent."""
+
+    action: str
+    reason: str
+    rerender_key: str | None
+
+
+class IndexObserver(Protocol):
+    """Sees every record the feed applies (after the index did), and names the further topics it needs."""
+
+    topics: tuple[Topic, ...]
+
+    def apply(self, topic: str, event: object, partition: int, offset: int) -> None: ...
 
 
 @dataclass(slots=True, frozen=True)
@@ -188,6 +228,15 @@ class VideoIndex:
         self.ready_times: deque[float] = deque(maxlen=THROUGHPUT_SAMPLES)
         # Videos of variants with no plan record (yet): read before their plan, or older than video.planned.
         self.orphans: dict[str, dict[str, str]] = {}  # sku -> variant id -> newest request key
+        self.withdrawn: dict[str, Withdrawal] = {}  # request key -> why it is no longer served
+        self.observers: list[IndexObserver] = []
+
+    def observe(self, observer: IndexObserver) -> None:
+        """Forward every applied record to ``observer`` from now on (register before the feed starts)."""
+        self.observers.append(observer)
+
+    def observed_topics(self) -> tuple[Topic, ...]:
+        return tuple(topic for observer in self.observers for topic in observer.topics)
 
     # --- applying events ------------------------------------------------------------------------------
 
@@ -203,6 +252,10 @@ class VideoIndex:
             self.apply_ondemand(event, partition, offset)
         elif isinstance(event, PromoStarted):
             self.apply_promo(event)
+        elif isinstance(event, VideoWithdrawn):
+            self.apply_withdrawn(event)
+        for observer in self.observers:
+            observer.apply(topic, event, partition, offset)
 
     def apply_planned(self, event: VideoPlanned, partition: int, offset: int) -> None:
         request = event.request
@@ -218,7 +271,7 @@ class VideoIndex:
             valid_from=_ts(overlay.valid_from) if overlay else None,
             valid_until=_ts(overlay.valid_until) if overlay else None,
             language=request.prompt.language.value, planned_at=request.occurred_at.timestamp(),
-            partition=partition, offset=offset,
+            partition=partition, offset=offset, template_version=request.prompt.template_version,
         )
         entry = self.skus.get(request.sku)
         if entry is None:
@@ -256,6 +309,9 @@ class VideoIndex:
 
     def apply_ready(self, event: VideoReady) -> None:
         key = intern(event.request_key)
+        if key in self.withdrawn:  # rejected in review (the withdrawal was read first): never served
+            self.backlog.pop(key, None)
+            return
         at = event.occurred_at.timestamp()
         if key not in self.videos:
             self.ready_times.append(at)
@@ -290,6 +346,29 @@ class VideoIndex:
             entry = self.skus[event.sku] = SkuEntry()
         refusal = Refusal(event.reason.value, event.message, event.source_event_id, event.occurred_at.timestamp())
         entry.refusals = sorted([*(entry.refusals or ()), refusal], key=lambda r: r.at)[-MAX_REFUSALS:]
+
+    def apply_withdrawn(self, event: VideoWithdrawn) -> None:
+        """A video rejected in review: forget it wherever it could be served from; ``refuse`` also refuses the
+        product (until a newer daily plan whose video is not withdrawn)."""
+        key = event.request_key
+        rerender = event.rerender.request_key if event.rerender is not None else None
+        self.withdrawn[key] = Withdrawal(event.action.value, event.reason.value, rerender)
+        self.videos.pop(key, None)
+        entry = self.skus.get(event.sku)
+        for slot in entry.slots.values() if entry is not None else ():
+            if slot.ready_key == key:
+                slot.ready_key = None
+        variants = self.orphans.get(event.sku)
+        if variants:
+            for variant in [v for v, k in variants.items() if k == key]:
+                del variants[variant]
+        if event.action is WithdrawalAction.REFUSE:
+            if entry is None:
+                entry = self.skus[event.sku] = SkuEntry()
+            refusal = Refusal(REVIEW_REJECTED, f"{event.sku}: its video was rejected in review ({event.reason.value}); "
+                              "no video until the product changes", event.event_id, event.occurred_at.timestamp())
+            if refusal not in (entry.refusals or ()):
+                entry.refusals = sorted([*(entry.refusals or ()), refusal], key=lambda r: r.at)[-MAX_REFUSALS:]
 
     def apply_ondemand(self, request: VideoRequested, partition: int, offset: int) -> None:
         """A record of the on-demand lane: a ``POST /v1/videos`` render, or a held request a first view sent."""
@@ -398,7 +477,8 @@ class VideoIndex:
         return None
 
     def _missing(self, sku: str, candidates: list[Slot]) -> Missing:
-        pending = [s for s in candidates if s.request_key not in self.videos and s.request_key not in self.failed]
+        pending = [s for s in candidates if s.request_key not in self.videos and s.request_key not in self.failed
+                   and s.request_key not in self.withdrawn]
         if pending:
             held = tuple(s for s in pending if not s.dispatched)
             if held:
@@ -409,6 +489,16 @@ class VideoIndex:
             failure = self.failed.get(slot.request_key)
             if failure is not None:
                 return Missing("refused", failure.reason, failure.message)
+            withdrawal = self.withdrawn.get(slot.request_key)
+            if withdrawal is not None:
+                rerender = withdrawal.rerender_key
+                if rerender is not None and rerender in self.failed:
+                    failure = self.failed[rerender]
+                    return Missing("refused", failure.reason, failure.message)
+                if rerender is not None:
+                    return Missing("pending", "rerender_queued",
+                                   f"{sku}: its video was withdrawn after review; a re-render is queued")
+                return Missing("refused", REVIEW_REJECTED, f"{sku}: its video was withdrawn after review")
         return Missing("unknown", "no_current_variant", f"{sku}: no variant is planned for now")
 
     def _product_refusal(self, entry: SkuEntry) -> Refusal | None:
@@ -419,7 +509,7 @@ class VideoIndex:
         if not own:
             return None
         newest = own[-1]
-        planned = [s.planned_at for s in entry.slots.values() if s.promo_id is None]
+        planned = [s.planned_at for s in entry.slots.values() if s.promo_id is None and s.request_key not in self.withdrawn]
         return newest if not planned or newest.at > max(planned) else None
 
     # --- on-demand and campaigns ----------------------------------------------------------------------

@@ -11,6 +11,9 @@ lazy, or the long tail under auto), sends those requests — exactly as the plan
 on-demand lane and answers ``pending``. Each request key is sent once (the slot is marked at once, and every
 replica sees the sent record on the lane), and a SKU's held requests are sent at most once per
 ``Settings.api_enqueue_interval_s``. Sending happens in the background: the listing never waits for Kafka.
+
+With ``Settings.review_enabled`` the service also holds the review desk (``review.desk``, over the same index
+and the same injected callables); ``review`` is None otherwise.
 """
 
 from __future__ import annotations
@@ -56,6 +59,13 @@ class ApiService:
         self._last_enqueue: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
         self._submits: dict[str, asyncio.Future[str]] = {}
+        self.review = self._review_desk() if settings.review_enabled else None
+
+    def _review_desk(self):
+        from review.desk import ReviewDesk  # noqa: PLC0415 - the review package loads only with review on
+
+        return ReviewDesk(self.settings, self.index, self.engine, publish=self.publish,
+                          read_planned=self.read_planned, is_ready=lambda: self.is_ready(), clock=self.clock)
 
     def require_ready(self) -> None:
         if not self.is_ready():
@@ -103,9 +113,11 @@ class ApiService:
                 self._last_enqueue.pop(sku, None)
 
     async def drain(self) -> None:
-        """Wait for first-view sends in progress (shutdown)."""
+        """Wait for first-view sends in progress (shutdown); close the review desk's reader."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.review is not None:
+            await self.review.close()
 
     # --- on-demand renders ------------------------------------------------------------------------------
 

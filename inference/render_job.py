@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from inference.c2pa_sign import ContentCredentials
 from inference.fonts import find_cjk_font
 from inference.image_fetch import fetch_image_for
 from inference.labels import AigcLabel, mark_text_for
@@ -73,6 +74,7 @@ class RenderJob:
         self.generator = generator
         self.gate = gate
         self.font_path = find_cjk_font(settings.font_path)  # fail at start-up, not on the first job
+        self.credentials = ContentCredentials.from_settings(settings)  # None: no signing key configured
 
     def render(self, request: VideoRequested, out_dir: Path, *, image: Image.Image | None = None,
                progress: Progress | None = None) -> RenderedVideo:
@@ -151,6 +153,8 @@ class RenderJob:
             feed_crop=self.settings.feed_crop,
             poster_frame=best.gate.best_frame,
         )
+        if self.credentials is not None:  # C2PA manifest into every MP4, after the AIGC metadata was written
+            renditions = self.credentials.sign_renditions(renditions, request)
         quality = best.gate.report(attempts, flagged=not passed)
         return RenderedVideo(renditions=renditions, quality=quality, seed=best.seed)
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -309,3 +309,134 @@ class DeadLetter(Model):
     value_b64: str = Field(description="The original payload, base64 (may be truncated to 1 MiB).")
     value_truncated: bool = False
     failed_at: AwareDatetime
+
+
+# --- review and content credentials: human spot-checks, their verdicts and withdrawals ---------------------
+
+ReviewerId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")]
+ClaimId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+REVIEW_EVENT_PREFIX = "review-"  # event id of a VideoReviewed, and source_event_id of the re-renders it causes
+
+
+class Verdict(StrEnum):
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class RejectReason(StrEnum):
+    """Why a reviewer rejected a video (the review page's reason codes, in the order of its shortcuts 1-6)."""
+
+    WRONG_PRODUCT = "wrong_product"
+    VISUAL_ARTEFACTS = "visual_artefacts"
+    GARBLED_TEXT = "garbled_text"
+    UNSAFE = "unsafe"
+    OFF_BRAND = "off_brand"
+    OTHER = "other"
+
+
+class ReviewCause(StrEnum):
+    """Why a published video is in the review queue (a video may have several causes)."""
+
+    FLAGGED = "flagged"  # published below the quality gate
+    RERENDER = "rerender"  # the re-render of a rejected video
+    NEW_TEMPLATE = "new_template"  # among the first renders of its template version
+    SAMPLED = "sampled"  # the stratified random sample (category x template)
+
+
+class WithdrawalAction(StrEnum):
+    """What follows a withdrawal: a re-render with a new seed, a refusal of the product until its data
+    changes, or nothing more (the request is superseded: a newer plan of the variant renders anyway)."""
+
+    RERENDER = "rerender"
+    REFUSE = "refuse"
+    WITHDRAW = "withdraw"
+
+
+class ReviewClaim(Event):
+    """``review.claims``: a reviewer takes one queued video for a lease (compacted, keyed by request key).
+
+    Every replica applies the same rule in log order, so all agree on the holder: a claim holds when the video
+    has no verdict and no other reviewer's lease is running at the claim's ``occurred_at``.
+    """
+
+    request_key: Sha256Hex
+    sku: Sku
+    claim_id: ClaimId = Field(description="Random id of this claim; the verdict names it.")
+    reviewer: ReviewerId
+    lease_until: AwareDatetime = Field(description="The claim lapses then; the video goes back to the queue.")
+
+
+class ReviewedProduct(Model):
+    """The product card the reviewer saw next to the video."""
+
+    title: Annotated[str, StringConstraints(max_length=300)]
+    category: Annotated[str, StringConstraints(max_length=64)] | None = None
+    selling_points: list[ShortText] = Field(default_factory=list, max_length=30)
+    image_url: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    brand: Annotated[str, StringConstraints(max_length=100)] | None = None
+
+
+class VideoReviewed(Event):
+    """``video.reviewed``: a human verdict on one published video (keyed by SKU).
+
+    Self-contained: it carries what the reviewer saw (prompt, product card, video, scores) and how the video
+    was made (template, style, model, seed), so reports and training exports read this topic alone.
+    The first verdict per request key counts; ``event_id`` is ``review-<claim id>``.
+    """
+
+    request_key: Sha256Hex
+    sku: Sku
+    variant_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    verdict: Verdict
+    reason: RejectReason | None = Field(default=None, description="Rejected: why; approved: null.")
+    note: Annotated[str, StringConstraints(max_length=500)] = Field(default="", description="Required for other.")
+    reviewer: ReviewerId
+    claim_id: ClaimId
+    causes: list[ReviewCause] = Field(max_length=4, description="Why the video was in the queue.")
+    template_id: str
+    template_version: int | None = Field(default=None, description="Null when the plan was no longer readable.")
+    style: str | None = None
+    category: Annotated[str, StringConstraints(max_length=64)] | None = None
+    model: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    seed: int
+    prompt: str
+    product: ReviewedProduct
+    video_url: str
+    poster_url: str
+    quality: QualityReport
+    rendered_at: AwareDatetime
+    rerender_generation: int = Field(default=0, ge=0, description="0: planned video; n: its n-th re-render.")
+
+    @model_validator(mode="after")
+    def _reason_matches_verdict(self) -> VideoReviewed:
+        if self.verdict is Verdict.REJECTED and self.reason is None:
+            raise ValueError("a rejected video needs a reason")
+        if self.verdict is Verdict.APPROVED and self.reason is not None:
+            raise ValueError("an approved video has no reason")
+        if self.reason is RejectReason.OTHER and not self.note.strip():
+            raise ValueError("reason other needs a note")
+        return self
+
+
+class VideoWithdrawn(Event):
+    """``video.withdrawn``: a published video is no longer served (keyed by SKU).
+
+    The listing API's index stops serving ``request_key`` when it reads this (the listing falls back to the
+    SKU's next variant, or to none); ``refuse`` also refuses the product until a newer plan of it (its data
+    changed); ``rerender`` carries the new request sent to the hot lane (same prompt, new seed and key).
+    """
+
+    request_key: Sha256Hex
+    sku: Sku
+    variant_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    reason: RejectReason
+    review_event_id: EventId = Field(description="The VideoReviewed that caused it.")
+    action: WithdrawalAction
+    rerender: VideoRequested | None = Field(default=None, description="rerender: the request sent.")
+    rerender_generation: int = Field(default=0, ge=0, description="rerender: which re-render of the lineage.")
+
+    @model_validator(mode="after")
+    def _rerender_matches_action(self) -> VideoWithdrawn:
+        if (self.action is WithdrawalAction.RERENDER) != (self.rerender is not None):
+            raise ValueError("a rerender request goes with action rerender, and only with it")
+        return self

@@ -13,10 +13,13 @@ from schemas.events import (
     ProductCreated,
     ProductUpdated,
     PromoStarted,
+    ReviewClaim,
     VideoFailed,
     VideoPlanned,
     VideoReady,
     VideoRequested,
+    VideoReviewed,
+    VideoWithdrawn,
 )
 
 
@@ -50,10 +53,22 @@ VIDEO_PLANNED = Topic(
     "sku|variant_id).",
 )
 ENGAGEMENT = Topic("engagement", EngagementEvent, 6, "Experiment exposures and user actions, keyed by user id.")
+# --- review and content credentials: human spot-checks (review/), read by the listing API's index
+REVIEW_CLAIMS = Topic(
+    "review.claims", ReviewClaim, 3,
+    "Reviewers' leases on queued videos; the first claim in the log wins (compacted, keyed by request key).",
+)
+VIDEO_REVIEWED = Topic("video.reviewed", VideoReviewed, 6, "Human verdicts on published videos, keyed by SKU.")
+VIDEO_WITHDRAWN = Topic(
+    "video.withdrawn", VideoWithdrawn, 6,
+    "Published videos no longer served (rejected in review), with the re-render or refusal that follows; "
+    "keyed by SKU.",
+)
+REVIEW_TOPICS = (REVIEW_CLAIMS, VIDEO_REVIEWED, VIDEO_WITHDRAWN)
 
 INPUT_TOPICS = (PRODUCT_CREATED, PRODUCT_UPDATED, PROMO_STARTED, ENGAGEMENT)
 REQUEST_TOPICS = (VIDEO_REQUESTED_HOT, VIDEO_REQUESTED_ONDEMAND, VIDEO_REQUESTED)  # renderers: hot, on-demand, bulk
-ALL_TOPICS = (*INPUT_TOPICS, *REQUEST_TOPICS, VIDEO_READY, VIDEO_FAILED, DEAD_LETTER, VIDEO_PLANNED)
+ALL_TOPICS = (*INPUT_TOPICS, *REQUEST_TOPICS, VIDEO_READY, VIDEO_FAILED, DEAD_LETTER, VIDEO_PLANNED, *REVIEW_TOPICS)
 BY_NAME = {t.name: t for t in ALL_TOPICS}
 
 

@@ -1,4 +1,4 @@
-"""The ``skuvid`` command: render, emit, serve, bench, demo, schemas.
+"""The ``skuvid`` command: render, emit, serve, bench, demo, schemas, review.
 
 No path shows a traceback. ``render`` exits 0 when it rendered, 2 when the input is refused (invalid JSON,
 schema, unsafe or empty content, a forbidden, unreachable or broken image, an unreadable file) and 1 for
@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     from experiments.cli import register as register_experiments
 
     register_experiments(sub)
+
+    from review.cli import add_commands as add_review_commands  # `skuvid review report|export`
+
+    add_review_commands(sub)
     return parser
 
 

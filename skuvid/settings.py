@@ -58,6 +58,17 @@ class Settings(BaseSettings):
     # --- Planner -----------------------------------------------------------------------------------------
     planner_data_dir: Path = Path(".cache/planner")
     variants_per_product: int = Field(default=1, ge=1, le=8, description="A/B variants rendered per product.")
+    planner_store: Literal["rocksdb", "memory"] = Field(
+        default="rocksdb", description="Where the planner's tables live: RocksDB under planner_data_dir (a restart "
+        "reads only the changelog written since), or memory (tests; a restart reads every changelog).",
+    )
+    planner_rocksdb_cache_mb: int = Field(default=16, ge=1, description="RocksDB block cache per table partition.")
+    planner_batch_max: int = Field(default=500, ge=1, description="Product events planned per batch.")
+    planner_batch_s: float = Field(default=0.01, gt=0, description="Longest wait to fill a batch (seconds).")
+    planner_coalesce_s: float = Field(
+        default=10.0, ge=0, description="A SKU variant goes to a render lane at most once per this many seconds; "
+        "newer plans meanwhile are held and the newest is sent when the window closes (0: off).",
+    )
 
     # --- Prompt engine and safety (inference/prompt) -----------------------------------------------------
     absolute_terms_policy: Literal["drop", "refuse"] = Field(
@@ -195,6 +206,48 @@ class Settings(BaseSettings):
         description="Experiment id prefix of the A/B choice between a SKU's variants (`<prefix>:daily`, "
         "`<prefix>:<promo id>`), bucketed by experiments.assignment.",
     )
+
+    # --- Review and content credentials (review/, inference/c2pa_sign) ------------------------------------
+    review_enabled: bool = Field(
+        default=False, description="The API role keeps the review queue and serves /review (it then also reads "
+        "product.created/product.updated, for the product cards).",
+    )
+    review_reviewers: SecretStr | None = Field(
+        default=None, description="Who may review: `id:token,id:token`; a reviewer sends `Authorization: Bearer "
+        "TOKEN` or basic auth `id:TOKEN`. A secret.",
+    )
+    review_sample_rate: float = Field(
+        default=0.02, ge=0.0, le=1.0, description="Share of published videos sampled for review, in every "
+        "stratum (category x template) alike.",
+    )
+    review_min_per_stratum: int = Field(
+        default=1, ge=0, description="The first videos (by render time) of every stratum are reviewed whatever "
+        "the rate, so rare categories are seen too.",
+    )
+    review_new_template_first: int = Field(
+        default=20, ge=0, description="The first N renders of every template version are reviewed.",
+    )
+    review_lease_s: float = Field(default=300.0, ge=10.0, description="How long a claimed video stays with its "
+                                  "reviewer before it returns to the queue.")
+    review_max_rerenders: int = Field(
+        default=2, ge=0, le=10, description="Re-renders of one rejected video (new seeds) before its product is "
+        "refused.",
+    )
+    review_rerender_reasons: tuple[str, ...] = Field(
+        default=("visual_artefacts", "garbled_text", "other"),
+        description="Reject reasons that re-render with a new seed; the others (wrong_product, unsafe, "
+        "off_brand) refuse the product until its data changes.",
+    )
+    c2pa_cert_chain_file: Path | None = Field(
+        default=None, description="PEM chain (signing certificate first, then its CA) for the C2PA manifest of "
+        "every published MP4; unset: MP4s are not signed.",
+    )
+    c2pa_private_key_file: Path | None = Field(default=None, description="PEM private key of the signing "
+                                               "certificate (PKCS#8).")
+    c2pa_signing_alg: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = Field(
+        default="es256", description="Signature algorithm; must match the key.",
+    )
+    c2pa_tsa_url: str | None = Field(default=None, description="RFC 3161 time-stamp authority; unset: none.")
 
     @model_validator(mode="after")
     def _tiny_model_previews(self) -> Settings:
