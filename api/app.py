@@ -13,6 +13,7 @@ from fastapi import FastAPI, Header, Path, Query
 from starlette.responses import Response
 
 from api.errors import JSON, ApiProblem, BodyLimit, install, json_response
+from api.experiments import ExperimentReports
 from api.index import Missing, as_datetime
 from api.models import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -113,6 +114,15 @@ def create_app(service: ApiService | None, *, max_body_bytes: int = 16_384) -> F
             "ready": report.ready, "failed": report.failed, "unknown_skus": report.unknown_skus,
             "eta_s": report.eta_s, "starts_at": _dt(report.starts_at), "ends_at": _dt(report.ends_at),
         })
+
+    reports = ExperimentReports(service.settings) if service is not None else None
+
+    @app.get("/v1/experiments/{experiment_id}", tags=["experiments"], responses={404: {"model": ApiError}, **ERRORS},
+             summary="An A/B experiment's report: each arm against control, with intervals and p-values")
+    async def experiment_report(experiment_id: Annotated[str, Path(min_length=1, max_length=64)]) -> Response:
+        if reports is None:
+            raise ApiProblem(503, "not_serving", "this app only describes the API")
+        return json_response(200, await reports.report(experiment_id))
 
     # The review desk (/review, /v1/review/report): outside the listing API's OpenAPI document; 404 when off.
     app.include_router(review_router(lambda: service.review if service is not None else None))

@@ -190,6 +190,9 @@ class Settings(BaseSettings):
     gpu_price_cny_per_hour: float = Field(default=8.0, ge=0, description="For the cost of a video (CNY).")
 
     # --- API ---------------------------------------------------------------------------------------------
+    experiments_file: Path = Field(default=Path("deploy/experiments/experiments.json"),
+                                   description="Declared A/B experiments (GET /v1/experiments/{id}).")
+    experiments_group: str = Field(default="skuvid-experiments", description="The experiment agent's group.")
     api_host: str = Field(default="0.0.0.0", description="Interface the listing API listens on.")
     api_port: int = Field(default=8080, ge=1, le=65535, description="Port of the listing API (`serve --role api`).")
     render_policy: Literal["eager", "lazy", "auto"] = Field(

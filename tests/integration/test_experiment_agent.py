@@ -232,3 +232,20 @@ def test_restart_mid_stream_gives_identical_totals_and_counts_each_event_once(ka
     ours = {d.reason.value for d in dead if isinstance(d, DeadLetter) and d.topic == ENGAGEMENT.name
             and (run.encode() in base64.b64decode(d.value_b64))}
     assert ours == {"invalid_json", "schema_violation"}
+
+    # The listing API serves the same report from the same changelog (GET /v1/experiments/{id}).
+    from api.errors import ApiProblem
+    from api.experiments import ExperimentReports
+    from experiments.report import analyse, as_dict
+    from schemas.engagement import ExperimentCatalog
+
+    declared = tmp_path / "experiments.json"
+    declared.write_text(ExperimentCatalog(experiments=[experiment]).model_dump_json())
+    reports = ExperimentReports(settings.model_copy(update={"experiments_file": declared,
+                                                            "experiments_group": group}))
+    served = asyncio.run(reports.report(experiment_id))
+    local = as_dict(analyse(experiment, agent_totals, "test"))
+    assert served["arms"] == local["arms"] and served["results"] == local["results"]
+    with pytest.raises(ApiProblem) as unknown:
+        asyncio.run(reports.report("no-such-experiment"))
+    assert (unknown.value.status, unknown.value.reason) == (404, "unknown_experiment")

@@ -276,6 +276,6 @@ def test_openapi_document_is_served_and_checked_in(world):
     assert served == document()
     assert (OUT_DIR / "openapi.json").read_bytes() == rendered(), "run `make schemas` and commit schemas/generated"
     assert set(served["paths"]) == {"/v1/skus/{sku}/video", "/v1/videos", "/v1/videos/{video_id}",
-                                    "/v1/promos/{promo_id}"}
+                                    "/v1/promos/{promo_id}", "/v1/experiments/{experiment_id}"}
     text = orjson.dumps(served).decode()
     assert not any(t.name in text for t in ALL_TOPICS)
