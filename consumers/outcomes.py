@@ -14,7 +14,9 @@ from datetime import UTC, datetime
 from schemas.events import MAX_DETAIL_CHARS, MAX_DETAILS, MAX_MESSAGE_CHARS, DeadLetter, Reason, VideoFailed
 from skuvid.errors import Classified, classify
 
-MAX_KEPT_BYTES = 1_048_576  # keep at most 1 MiB of an oversized record, so the dead letter itself fits
+# Keep at most 512 KiB of an oversized record: base64 makes it ~683 KiB, so the dead letter stays under a
+# broker's default 1 MB message limit (message.max.bytes) and under skuvid's own 1 MiB record limit.
+MAX_KEPT_BYTES = 512 * 1024
 
 
 def failed_event(

@@ -306,7 +306,7 @@ class DeadLetter(Model):
     partition: int
     offset: int
     key_b64: str | None = None
-    value_b64: str = Field(description="The original payload, base64 (may be truncated to 1 MiB).")
+    value_b64: str = Field(description="The original payload, base64 (truncated to 512 KiB when larger).")
     value_truncated: bool = False
     failed_at: AwareDatetime
 

@@ -110,6 +110,15 @@ def quiet_ml_libraries() -> None:
     from huggingface_hub.utils import disable_progress_bars
 
     disable_progress_bars()
+    _route_to_root("torch")  # torch._logging's own glog-style stderr handler (e.g. torchao's import warnings)
+
+
+def _route_to_root(name: str) -> None:
+    """Drop a library logger's own handlers and let its records reach the root (JSON) handler."""
+    logger = logging.getLogger(name)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.propagate = True
 
 
 # ---- context ---------------------------------------------------------------------------------------------

@@ -48,7 +48,29 @@ def service_settings(bootstrap: str, work: Path, **overrides) -> Settings:
         "image_file_root": REPO_ROOT,
         "render_policy": "eager",  # render every plan at once; the listing API's tests pass "auto"
     }
-    return Settings(**(values | overrides))
+    settings = Settings(**(values | overrides))
+    asyncio.run(start_groups_at_end(settings))
+    return settings
+
+
+async def start_groups_at_end(settings: Settings) -> None:
+    """Commit today's end offsets for the settings' fresh consumer groups, so the services a test starts see
+    what that test produces, not every record earlier tests left on the session's broker."""
+    from aiokafka.structs import OffsetAndMetadata
+
+    from schemas.topics import INPUT_TOPICS, REQUEST_TOPICS
+    from skuvid.kafka_clients import aiokafka_options
+
+    for group, topics in ((settings.planner_group, INPUT_TOPICS), (settings.renderer_group, REQUEST_TOPICS)):
+        consumer = AIOKafkaConsumer(**aiokafka_options(settings), group_id=group, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(t.name, p) for t in topics for p in range(t.partitions)]
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp, offset in ends.items()})
+        finally:
+            await consumer.stop()
 
 
 class Service:
@@ -139,7 +161,8 @@ def run(coro):
 
 class CommandService(Service):
     """A service process started as ``python -m MODULE ARGS`` (e.g. ``bench.fake_renderer``), with Settings in
-    its environment plus ``extra_env`` (credentials meant for this child only); same handle as ``Service``."""
+    its environment plus ``extra_env`` (credentials meant for this child only); same handle as ``Service``.
+    It gets SIGTERM when the thread that started it ends, so an interrupted run leaves no service behind."""
 
     def __init__(self, role: str, module: str, args: list[str], settings: Settings, log_dir: Path,
                  extra_env: dict[str, str] | None = None) -> None:
@@ -149,8 +172,14 @@ class CommandService(Service):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, *args],
             env={**os.environ, **as_env(settings), **(extra_env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
+            cwd=REPO_ROOT, preexec_fn=_die_with_parent,  # noqa: PLW1509 - it only calls prctl(2)
         )
+
+
+def _die_with_parent() -> None:
+    from skuvid.brokers import _die_with_parent as die_with_parent
+
+    die_with_parent()
 
 
 def restart_kafka(broker, down_s: float):

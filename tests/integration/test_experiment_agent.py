@@ -228,7 +228,7 @@ def test_restart_mid_stream_gives_identical_totals_and_counts_each_event_once(ka
                     assert getattr(got, name) == pytest.approx(getattr(want, name), rel=1e-9), (arm, row, name)
 
     dead_records = asyncio.run(read_topic(bootstrap, DEAD_LETTER.name, DEAD_LETTER.partitions))
-    dead = [decode(DEAD_LETTER, r.value) for r in dead_records]
+    dead = [decode(DEAD_LETTER, r.value, max_bytes=16 << 20) for r in dead_records]
     ours = {d.reason.value for d in dead if isinstance(d, DeadLetter) and d.topic == ENGAGEMENT.name
             and (run.encode() in base64.b64decode(d.value_b64))}
     assert ours == {"invalid_json", "schema_violation"}
