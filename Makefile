@@ -45,3 +45,10 @@ bench: setup
 
 clean:
 	rm -rf .venv .cache out
+
+# Reliability suite (tests/reliability): real Kafka, an S3 API server that goes down, service processes with
+# a fake model; crash, broker, storage, poison, hostile, load and startup scenarios -> out/reliability.json.
+# About 25 minutes on a 2-core VM; `make test` runs the same scenarios at quick sizes.
+.PHONY: reliability
+reliability: setup
+	$(PY) -m tests.reliability --full --out out/reliability.json

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import orjson
 
 from consumers.outcomes import failed_event
-from inference.params import ParamsError, plan_params
+from inference.params import ParamsError, plan_params, seed_from_key
 from inference.prompt import ContentRefused, PromptEngine, VariantSpec
 from schemas.events import (
     Lane,
@@ -45,6 +45,17 @@ class Planner:
     def __init__(self, engine: PromptEngine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
+        try:  # checked once; each request gets its own seed
+            self._params: RenderParams | ParamsError = plan_params(settings, key="")
+        except ParamsError as exc:
+            self._params = exc  # every product is refused with it, as when checked per request
+
+    def params_for(self, seed_key: str) -> RenderParams:
+        """``plan_params(settings, key=seed_key)``: the settings' parameters with the seed of ``seed_key``;
+        raises the settings' ``ParamsError``."""
+        if isinstance(self._params, ParamsError):
+            raise ParamsError(self._params.message)  # a new one each time: a raised exception keeps its traceback
+        return self._params.model_copy(update={"seed": seed_from_key(seed_key)})
 
     def plan(self, product: ProductSnapshot, *, source_event_id: str, promo: PromoStarted | None = None) -> Plan:
         plan = Plan()
@@ -62,7 +73,7 @@ class Planner:
         prompt = self.engine.build(product, variant, clip_duration_s=self.settings.duration_s)
         model = self.settings.model
         seed_key = f"{model}|{prompt.prompt_hash}|{product.image_url or ''}"
-        params = plan_params(self.settings, key=seed_key)
+        params = self.params_for(seed_key)
         key = request_key(model, prompt, product.image_url, params)
         return VideoRequested(
             event_id=f"req-{key[:32]}",

@@ -18,6 +18,8 @@ import json
 import math
 from pathlib import Path
 
+import orjson
+
 from inference.prompt.compose import MANDATORY, Phrase, Section, assemble
 from inference.prompt.errors import ContentRefused
 from inference.prompt.library import DEFAULT_DATA_DIR, Library, LibraryError, Template, load_library
@@ -199,8 +201,24 @@ def prompt_hash(positive: str, negative: str, language: Locale, template_id: str
         "positive": positive, "negative": negative, "language": language.value, "template_id": template_id,
         "template_version": template_version, "overlays": [o.model_dump(mode="json") for o in overlays],
     }
+    return hashlib.sha256(_canonical_json(doc)).hexdigest()
+
+
+def _canonical_json(doc: dict) -> bytes:
+    """``json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":"))`` in UTF-8 (surrogates
+    passed through): the hashed form. orjson writes the same bytes several times faster, except for floats below
+    1e-4 or from 1e16 (exponent spelling) and lone surrogates (refused), which take the ``json`` path."""
+    if all(_orjson_float(v) for overlay in doc["overlays"] for v in overlay.values() if isinstance(v, float)):
+        try:
+            return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:
+            pass
     canonical = json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+    return canonical.encode("utf-8", "surrogatepass")
+
+
+def _orjson_float(value: float) -> bool:
+    return value == 0 or 1e-4 <= abs(value) < 1e16
 
 
 def _hashed(*, positive: str, negative: str, language: Locale, template: Template,
