@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from schemas.events import Cost, Provenance, VideoReady, VideoRequested
-from skuvid.storage import ObjectStore, object_keys
+from schemas.events import Cost, Provenance, Reason, VideoReady, VideoRequested
+from skuvid.errors import Outcome, SkuvidError
+from skuvid.storage import ObjectStore, manifest_key, object_keys, render_folder, render_id
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the render job imports torch: the render CLI must not need it before the model loads
     from inference.render_job import RenderedVideo
@@ -49,19 +53,43 @@ def build_ready(request: VideoRequested, rendered: RenderedVideo, *, video_url: 
 
 async def stored_ready(store: ObjectStore, request: VideoRequested, prefix: str) -> VideoReady | None:
     """The ``video.ready`` of an earlier render of this exact request, if its manifest is in the store."""
-    manifest = await store.get(object_keys(prefix, request.sku, request.request_key)["manifest"])
+    manifest = await store.get(manifest_key(prefix, request.sku, request.request_key))
     return VideoReady.model_validate_json(manifest) if manifest else None
 
 
 async def upload(store: ObjectStore, request: VideoRequested, rendered: RenderedVideo, *, prefix: str,
                  content_producer: str, cost: Cost | None = None) -> VideoReady:
-    """Upload video and poster, then the manifest last: a manifest always points at complete objects."""
-    keys = object_keys(prefix, request.sku, request.request_key)
+    """Upload this render's files under its own keys, then its manifest if the request has none yet.
+
+    The first manifest wins: when another render of the request (a rebalance, a redelivery) committed first,
+    its ``video.ready`` is returned instead, so every publisher of a request announces the same video.
+    """
+    keys = object_keys(prefix, request.sku, request.request_key, render_id(rendered.renditions.mp4.sha256))
     video_url = await store.put(keys["video"], rendered.renditions.mp4.path.read_bytes(), "video/mp4")
     poster_url = await store.put(keys["poster"], rendered.renditions.poster.path.read_bytes(), "image/jpeg")
     feed = rendered.renditions.feed_mp4
     feed_url = await store.put(keys["feed"], feed.path.read_bytes(), "video/mp4") if feed else None
     ready = build_ready(request, rendered, video_url=video_url, poster_url=poster_url, feed_video_url=feed_url,
                         content_producer=content_producer, cost=cost)
-    await store.put(keys["manifest"], ready.model_dump_json().encode(), "application/json")
+    if not await store.put_new(keys["manifest"], ready.model_dump_json().encode(), "application/json"):
+        earlier = await stored_ready(store, request, prefix)
+        if earlier is None:
+            raise SkuvidError(f"the manifest {keys['manifest']!r} exists but cannot be read",
+                              reason=Reason.STORAGE_UNAVAILABLE, kind=Outcome.RETRY)
+        log.info("another render of %s was stored first: publishing its video", request.request_key)
+        ready = earlier
+    await sweep(store, request, ready, prefix)
     return ready
+
+
+async def sweep(store: ObjectStore, request: VideoRequested, ready: VideoReady, prefix: str) -> list[str]:
+    """Delete the files of this request's renders that its manifest does not name (a render that lost the
+    manifest race, or one cut short by a crash before its manifest): nobody was ever told of them."""
+    kept = set(object_keys(prefix, request.sku, request.request_key, render_id(ready.sha256)).values())
+    stray = [key for key in await store.keys_under(render_folder(prefix, request.sku, request.request_key))
+             if key not in kept]
+    for key in stray:
+        await store.delete(key)
+    if stray:
+        log.info("swept %d files of other renders of %s", len(stray), request.request_key)
+    return stray

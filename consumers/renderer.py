@@ -9,8 +9,9 @@ publish on the event loop — so while one job is encoded and uploaded the GPU a
 
 Within a partition records are processed one at a time, in offset order, and a record's offset is
 committed only after its outcome is published and acknowledged: crash semantics are those of a serial loop.
-A crash anywhere before the commit means redelivery; the request key makes the redelivered render land on
-the same storage key, and a stored manifest lets it republish without rendering again.
+A crash anywhere before the commit means redelivery; a stored manifest lets it republish without rendering
+again, and the first render of a request to store its manifest is the one every publisher announces
+(``consumers.delivery``). On a rebalance, renders of revoked partitions finish and commit before the handover.
 
 What happens to a record is decided by what its error means (``skuvid.errors.classify``), never by where it
 was raised: a transient fault (storage, broker, an image host, GPU memory) pauses *that* partition, seeks it
@@ -37,7 +38,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from consumers.delivery import stored_ready, upload
+from consumers.delivery import stored_ready, sweep, upload
 from consumers.lag import aiokafka_lag, report_lag
 from consumers.lane_queue import LaneQueue
 from consumers.outcomes import dead_letter, failed_event
@@ -103,13 +104,13 @@ def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
 
 
 class _OnRebalance(ConsumerRebalanceListener):
-    """On revocation, forget queued records and pending retries of lost partitions: the new owner has them."""
+    """On revocation, hand the partitions over (``RendererService.release``) before the group moves them."""
 
     def __init__(self, service: RendererService) -> None:
         self.service = service
 
     async def on_partitions_revoked(self, revoked) -> None:
-        self.service.forget(set(revoked))
+        await self.service.release(set(revoked))
 
     async def on_partitions_assigned(self, assigned) -> None:
         # An empty assignment still means the group was joined: this replica is ready, only idle.
@@ -130,6 +131,7 @@ class RendererService:
         self.retries: dict[TopicPartition, Retry] = {}
         self._attempts: dict[tuple[TopicPartition, int], int] = {}
         self.active: dict[TopicPartition, asyncio.Task] = {}  # at most one record per partition in the stages
+        self.releasing: set[TopicPartition] = set()  # revoked, their jobs finishing: start nothing new on them
         self._wake = asyncio.Event()  # a record arrived or a job ended: the dispatcher may start another
         self.gpu_pool = ThreadPoolExecutor(1, thread_name_prefix="skuvid-gpu")  # one generation at a time
         self.cpu_pool = ThreadPoolExecutor(settings.postprocess_workers, thread_name_prefix="skuvid-post")
@@ -163,6 +165,23 @@ class RendererService:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    async def release(self, partitions: set[TopicPartition]) -> None:
+        """Hand ``partitions`` over to their next owner, who starts from the committed offset: drop their queued
+        records and retries, and let their jobs in the stages finish and commit first (up to
+        ``revoke_grace_s``; the group's rebalance waits meanwhile) — a job left running would be rendered
+        twice. One that outlives the grace still ends well: the first render to store its manifest wins."""
+        self.releasing |= partitions
+        self.forget(partitions)
+        running = [task for tp, task in self.active.items() if tp in partitions]
+        if running:
+            log.info("rebalance: %d render(s) of revoked partitions finish before the handover", len(running))
+            _, late = await asyncio.wait(running, timeout=self.settings.revoke_grace_s)
+            if late:
+                log.warning("rebalance: %d render(s) still running after %.0f s; their next owner may render "
+                            "them too (the first stored wins)", len(late), self.settings.revoke_grace_s)
+        self.forget(partitions)  # a job that ended in a retry left one behind
+        self.releasing -= partitions
 
     def forget(self, partitions: set[TopicPartition]) -> None:
         self.queue.drop(partitions)
@@ -214,7 +233,7 @@ class RendererService:
         jobs: set[asyncio.Task] = set()
         while not self.stopping.is_set():
             self._wake.clear()
-            record = self.queue.take(set(self.active))
+            record = self.queue.take(set(self.active) | self.releasing)
             if record is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 0.5)
@@ -353,6 +372,7 @@ class RendererService:
         earlier = await stored_ready(self.store, request, prefix)
         if earlier is not None:
             self.metrics.renders.labels("reused").inc()
+            await sweep(self.store, request, earlier, prefix)  # a crash may have cut the earlier sweep short
             with self.metrics.time_stage("publish"):
                 await self.publisher.publish(VIDEO_READY, earlier)
             return

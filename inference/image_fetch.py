@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 from urllib.request import url2pathname
 
 from PIL import Image, ImageOps
@@ -75,7 +75,7 @@ def fetch_image(
     ``timeout_s`` bounds the whole download, not just each socket read. Raises ``ImageFetchError``.
     """
     schemes = {s.lower() for s in allowed_schemes}
-    scheme = urlsplit(url).scheme.lower()
+    scheme = _split(url, url).scheme.lower()
     if scheme not in schemes:
         raise ImageFetchError(url, f"scheme {scheme!r} is not allowed (allowed: {sorted(schemes)})")
     if scheme == "file":
@@ -134,8 +134,16 @@ def fit_image(
 # --- file: ------------------------------------------------------------------------------------------------
 
 
+def _split(url: str, current: str) -> SplitResult:
+    """``urlsplit(current)``; a URL it cannot parse (``http://[::1/x``) is the request's bad input, not a bug."""
+    try:
+        return urlsplit(current)
+    except ValueError as exc:
+        raise ImageFetchError(url, f"malformed URL ({exc})") from exc
+
+
 def _read_file(url: str, *, file_root: Path, max_bytes: int) -> bytes:
-    parts = urlsplit(url)
+    parts = _split(url, url)
     if parts.netloc not in ("", "localhost"):
         raise ImageFetchError(url, f"file URL host {parts.netloc!r} is not local")
     raw_path = unquote(parts.path)
@@ -168,7 +176,7 @@ def _download(
     deadline = time.monotonic() + timeout_s
     current = url
     for _ in range(MAX_REDIRECTS + 1):
-        parts = urlsplit(current)
+        parts = _split(url, current)
         scheme = parts.scheme.lower()
         if scheme not in schemes or scheme not in ("http", "https"):
             raise ImageFetchError(url, f"redirect to scheme {scheme!r} is not allowed")
@@ -185,7 +193,10 @@ def _download(
         location = _get(url, current, scheme, host, port, address, max_bytes=max_bytes, deadline=deadline)
         if isinstance(location, bytes):
             return location
-        current = urljoin(current, location)
+        try:
+            current = urljoin(current, location)
+        except ValueError as exc:
+            raise ImageFetchError(url, f"malformed redirect Location {location[:200]!r} ({exc})") from exc
     raise ImageFetchError(url, f"more than {MAX_REDIRECTS} redirects")
 
 
@@ -262,7 +273,7 @@ def _get(
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise ImageFetchError(url, "timed out", transient=True)
-    parts = urlsplit(current)
+    parts = _split(url, current)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     conn = _connection(scheme, host, port, address, remaining)
     try:

@@ -110,7 +110,9 @@ _FATAL_NAMES = frozenset({
 })
 # S3 error codes that mean "wrong credentials or bucket", and those that mean "try later".
 _S3_FATAL_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "NoSuchBucket"})
-_S3_TRANSIENT_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500"})
+# ConditionalRequestConflict: two conditional writes of one key at once; the retry finds the winner's.
+_S3_TRANSIENT_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500",
+                                 "ConditionalRequestConflict"})
 
 
 def classify(exc: BaseException) -> Classified:

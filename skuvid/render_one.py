@@ -113,3 +113,11 @@ class _SkuNamedStore(LocalStore):
     def _path(self, key: str) -> Path:
         extensions = Path(key).name.partition(".")[2]  # "mp4", "jpg", "json", "feed.mp4"
         return self.root / f"{self.sku}.{extensions}"
+
+    async def put_new(self, key: str, data: bytes, content_type: str) -> bool:
+        """Always written: the render asked for now replaces the files of an earlier run in ``--out``."""
+        await self.put(key, data, content_type)
+        return True
+
+    async def keys_under(self, prefix: str) -> list[str]:
+        return []  # one file per kind, each rewritten: no other render's files to sweep

@@ -173,6 +173,10 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(default=1.0, gt=0, description="First retry delay; doubles each time, jittered.")
     retry_backoff_max_s: float = Field(default=60.0, gt=0, description="Upper bound of one retry delay.")
     shutdown_grace_s: float = Field(default=30.0, gt=0, description="SIGTERM ends the process within this time.")
+    revoke_grace_s: float = Field(
+        default=120.0, ge=0, description="On a rebalance, renders of partitions moving away get this long to "
+        "finish and commit before they move (the group waits; below max_poll_interval_ms, the rebalance timeout)."
+    )
     kafka_delivery_timeout_ms: int = Field(
         default=20_000, ge=1000, description="A send not acknowledged within this time fails (and is retried)."
     )
@@ -251,6 +255,13 @@ class Settings(BaseSettings):
         default="es256", description="Signature algorithm; must match the key.",
     )
     c2pa_tsa_url: str | None = Field(default=None, description="RFC 3161 time-stamp authority; unset: none.")
+
+    @model_validator(mode="after")
+    def _revoke_grace_within_the_rebalance_timeout(self) -> Settings:
+        if self.revoke_grace_s * 1000 >= self.max_poll_interval_ms:
+            raise ValueError(f"revoke_grace_s ({self.revoke_grace_s}) must be below max_poll_interval_ms "
+                             f"({self.max_poll_interval_ms} ms): the group would drop this member mid-handover")
+        return self
 
     @model_validator(mode="after")
     def _tiny_model_previews(self) -> Settings:

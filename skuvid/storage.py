@@ -1,8 +1,11 @@
 """Where finished videos live: a local folder (demo "CDN") or an S3 bucket behind a CDN.
 
-Keys are content-addressed by the request key (a hash of every input that changes the video), so a
-redelivered request writes the same key again and never yields a second, different object. Next to each video
-a small manifest (the published ``video.ready`` payload) lets a redelivery republish without re-rendering.
+Each request (its key is a hash of every input that changes the video) has one manifest — the published
+``video.ready`` payload — at ``<prefix><sku>/<request_key>.json``; it is written only if absent, so the
+first render of a request to finish is *the* video of that request and a redelivery republishes it without
+rendering again. A render's files sit under ``<prefix><sku>/<request_key>/<render_id>.*`` (``render_id``:
+the start of the MP4's SHA-256), never overwritten: a CDN may cache them forever, and two renders of one
+request (a rebalance, a crash) cannot mix their files. Files no manifest names are swept (``sweep``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,15 @@ class ObjectStore(Protocol):
     async def put(self, key: str, data: bytes, content_type: str) -> str:
         """Store ``data`` under ``key``; return its public URL."""
 
+    async def put_new(self, key: str, data: bytes, content_type: str) -> bool:
+        """Store ``data`` under ``key`` only if no object is there (atomically); False when one was."""
+
+    async def keys_under(self, prefix: str) -> list[str]:
+        """Keys of the objects whose key starts with ``prefix``."""
+
+    async def delete(self, key: str) -> None:
+        """Remove the object (nothing when absent)."""
+
     async def get(self, key: str) -> bytes | None:
         """The object's bytes, or None when absent."""
 
@@ -33,10 +45,26 @@ class ObjectStore(Protocol):
     async def close(self) -> None: ...
 
 
-def object_keys(prefix: str, sku: str, request_key: str) -> dict[str, str]:
-    """Keys of the video, its poster and its manifest for one request."""
-    base = f"{prefix}{sku}/{request_key}"
-    return {"video": f"{base}.mp4", "poster": f"{base}.jpg", "feed": f"{base}.feed.mp4", "manifest": f"{base}.json"}
+def manifest_key(prefix: str, sku: str, request_key: str) -> str:
+    """The key of a request's manifest: written once, by the first render of the request to finish."""
+    return f"{prefix}{sku}/{request_key}.json"
+
+
+def render_folder(prefix: str, sku: str, request_key: str) -> str:
+    """The prefix under which every render of one request keeps its files."""
+    return f"{prefix}{sku}/{request_key}/"
+
+
+def render_id(sha256: str) -> str:
+    """The name of one render's files: the start of its MP4's SHA-256."""
+    return sha256[:16]
+
+
+def object_keys(prefix: str, sku: str, request_key: str, render: str) -> dict[str, str]:
+    """Keys of one render's video, poster and feed cut, and of its request's manifest."""
+    base = render_folder(prefix, sku, request_key) + render
+    return {"video": f"{base}.mp4", "poster": f"{base}.jpg", "feed": f"{base}.feed.mp4",
+            "manifest": manifest_key(prefix, sku, request_key)}
 
 
 class LocalStore:
@@ -48,17 +76,43 @@ class LocalStore:
 
     async def put(self, key: str, data: bytes, content_type: str) -> str:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # served to players, like any CDN object
-        os.replace(tmp, path)  # atomic: readers never see half a video
+        os.replace(self._staged(path, data), path)  # atomic: readers never see half a video
         return self.url_for(key)
+
+    async def put_new(self, key: str, data: bytes, content_type: str) -> bool:
+        path = self._path(key)
+        staged = self._staged(path, data)
+        try:
+            os.link(staged, path)  # atomic, and fails when the name exists: create-if-absent
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(staged)
+        return True
 
     async def get(self, key: str) -> bytes | None:
         path = self._path(key)
         return path.read_bytes() if path.exists() else None
+
+    async def keys_under(self, prefix: str) -> list[str]:
+        folder = self._path(prefix.rpartition("/")[0]) if "/" in prefix else self.root
+        if not folder.is_dir():
+            return []
+        keys = (p.relative_to(self.root).as_posix() for p in folder.rglob("*") if p.is_file())
+        return sorted(k for k in keys if k.startswith(prefix) and not Path(k).name.startswith(".tmp-"))
+
+    async def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    @staticmethod
+    def _staged(path: Path, data: bytes) -> Path:
+        """``data`` in a temporary file next to ``path``, readable like any CDN object."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        return Path(tmp)
 
     def url_for(self, key: str) -> str:
         if self.cdn_base_url:
@@ -99,6 +153,28 @@ class S3Store:
         s3 = await self._s3()
         await s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, CacheControl=IMMUTABLE)
         return self.url_for(key)
+
+    async def put_new(self, key: str, data: bytes, content_type: str) -> bool:
+        """A conditional write (``If-None-Match: *``): S3 answers 412 when the key exists."""
+        s3 = await self._s3()
+        try:
+            await s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
+                                CacheControl=IMMUTABLE, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "PreconditionFailed":
+                return False
+            raise
+        return True
+
+    async def keys_under(self, prefix: str) -> list[str]:
+        s3 = await self._s3()
+        paginator = s3.get_paginator("list_objects_v2")
+        return [o["Key"] async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix)
+                for o in page.get("Contents", [])]
+
+    async def delete(self, key: str) -> None:
+        s3 = await self._s3()
+        await s3.delete_object(Bucket=self.bucket, Key=key)
 
     async def get(self, key: str) -> bytes | None:
         s3 = await self._s3()

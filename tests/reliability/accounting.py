@@ -19,7 +19,7 @@ from producers.emit import parse_lines
 from schemas.events import ProductCreated, VideoReady, VideoRequested
 from schemas.topics import PRODUCT_CREATED
 from skuvid.settings import Settings
-from skuvid.storage import object_keys
+from skuvid.storage import manifest_key, object_keys, render_id
 from tests.integration.harness import DATA
 
 _ENGINE: PromptEngine | None = None
@@ -120,17 +120,26 @@ def account(requests: list[VideoRequested], ready: list[VideoReady], failed: lis
             books.lost_keys.append(key)
     books.failed_reasons = dict(reasons)
     if objects is not None:
-        shas = stored_sha256(objects)
-        expected = {name for r in others for name in object_keys(prefix, r.sku, r.request_key).values()}
-        for key, request in by_key.items():
-            names = object_keys(prefix, request.sku, key)
-            expected.update(names.values())
-            if key in videos:
-                stored = shas.get(names["video"])
-                if stored is None or names["manifest"] not in shas:
-                    books.missing_objects += 1
-                else:
-                    books.announced_not_stored += sum(1 for v in videos[key] if v != stored)
-        stray = [k for k in shas if k.startswith(prefix + sku_prefix) and k.endswith(".mp4") and k not in expected]
-        books.duplicate_objects += len(stray)
+        _account_objects(books, by_key, videos, objects, sku_prefix=sku_prefix, prefix=prefix, others=others)
     return books
+
+
+def _account_objects(books: Books, by_key: dict[str, VideoRequested], videos: dict[str, set[str]],
+                     objects: dict[str, bytes], *, sku_prefix: str, prefix: str, others: Iterable[VideoRequested]) -> None:
+    """Each announced request has its manifest, naming the one video its events announce, stored with that
+    hash; any other video file of the scenario's SKUs (not named by a manifest) is a stray."""
+    shas = stored_sha256(objects)
+    named: set[str] = set()
+    for request in [*by_key.values(), *others]:
+        manifest = objects.get(manifest_key(prefix, request.sku, request.request_key))
+        if manifest:
+            stored = VideoReady.model_validate_json(manifest)
+            named.update(object_keys(prefix, request.sku, request.request_key, render_id(stored.sha256)).values())
+            if request.request_key in videos:
+                video = object_keys(prefix, request.sku, request.request_key, render_id(stored.sha256))["video"]
+                books.announced_not_stored += sum(1 for v in videos[request.request_key]
+                                                  if v != stored.sha256 or shas.get(video) != v)
+        elif request.request_key in by_key and request.request_key in videos:
+            books.missing_objects += 1
+    stray = [k for k in shas if k.startswith(prefix + sku_prefix) and k.endswith(".mp4") and k not in named]
+    books.duplicate_objects += len(stray)

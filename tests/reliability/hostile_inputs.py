@@ -14,6 +14,7 @@ kind, and the ids that let an outcome be traced back to it). The same seed gives
   ``::127.0.0.1``, decimal ``2130706433``, octal ``0177.0.0.1``, hex ``0x7f000001``, fullwidth digits,
   ``localhost``, ``0.0.0.0``, userinfo tricks, other schemes, ``file:`` paths outside the image root.
 
+Every SSRF form comes once first (when ``n`` is at least twice their number), the rest is drawn by kind.
 Keys are random too (None, invalid UTF-8, 10 KB). Valid records get unique SKUs, event ids and request keys.
 """
 
@@ -209,11 +210,24 @@ REQUEST_KINDS = {"invalid_utf8": 12, "truncated_json": 12, "garbage": 8, "empty"
 
 
 def generate(n: int, *, seed: int, canary_port: int, request: VideoRequested, max_oversized: int = 10) -> list[Hostile]:
-    """``n`` hostile records: 60 % for the planner's product topics, 40 % for ``video.requested``."""
+    """``n`` hostile records: first every SSRF URL form once (alternately a request and a product, when ``n``
+    leaves room for them twice over), then random kinds — 60 % for the planner's topics, 40 % for
+    ``video.requested``."""
     rng = random.Random(seed)
     oversized_left = [max_oversized]
     records = []
-    for i in range(n):
+    urls = ssrf_urls(canary_port) if n >= 2 * len(ssrf_urls(canary_port)) else []
+    for i, url in enumerate(urls):
+        topic = VIDEO_REQUESTED.name if i % 2 == 0 else rng.choice([PRODUCT_CREATED.name, PRODUCT_UPDATED.name])
+        if topic == VIDEO_REQUESTED.name:
+            record = _request(request, i, image_url=url)
+            records.append(Hostile(topic, record["sku"].encode(), orjson.dumps(record), "ssrf",
+                                   request_key=record["request_key"]))
+        else:
+            record = _product(rng, i, image_url=url[:2048])
+            records.append(Hostile(topic, record["sku"].encode(), orjson.dumps(record), "ssrf",
+                                   event_id=record["event_id"]))
+    for i in range(len(urls), n):
         if rng.random() < 0.6:
             topic = rng.choice([PRODUCT_CREATED.name, PRODUCT_UPDATED.name])
             kind = rng.choices(list(PRODUCT_KINDS), weights=list(PRODUCT_KINDS.values()))[0]

@@ -1,7 +1,9 @@
 """Sizes of each scenario: ``QUICK`` (the pytest subset of ``make test``) and ``FULL`` (``make reliability``).
 
-Chosen for a 2-core VM without GPU, shared with other work: the full suite fits in 30 minutes, the quick one
-in about 4. Job times are the FakeGenerator's fixed wall time per clip; encoding a 240p 2 s clip adds ~0.1 s.
+Chosen for a 2-core VM without GPU, shared with other work: the full suite takes about 27 minutes idle (31
+under a load average of 5–8), the quick one about 4. Job times are the FakeGenerator's fixed wall time per
+clip; labelling and encoding a 240p 2 s clip costs another ~0.1 s of CPU, which the renderer overlaps with the
+next clip's generation. ``load`` keeps the issue's 2 renderers: 2,000 clips × 0.5 s / 2 ≈ 8.5 minutes.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ QUICK = Profile(
 
 FULL = Profile(
     name="full",
-    crash=Crash(requests=300, kills=20, job_seconds=0.8),
+    crash=Crash(requests=300, kills=20, job_seconds=0.6),
     broker=BrokerOutage(products=60, down_s=20),
     storage=StorageOutage(requests=60, down_s=30),
     poison=Poison(skus=3, good_per_poison=2),

@@ -89,11 +89,13 @@ class S3Process:
                             aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"])
 
     def objects(self) -> dict[str, bytes]:
-        """Every object of the bucket: key -> bytes (the videos are small)."""
+        """Every object of the bucket: key -> bytes for the videos and manifests (small), ``b""`` for the rest
+        (posters: only their presence counts)."""
         s3 = self.client()
         keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
                 for o in page.get("Contents", [])]
-        return {key: s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() for key in keys}
+        return {key: s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() if key.endswith((".mp4", ".json")) else b""
+                for key in keys}
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -29,17 +29,6 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         shared.close()
 
 
-# Checks that fail because of a service bug found by this suite and reported, not yet fixed (README.md,
-# "Reliability suite"): while one of these is the only failure the case is an expected failure (XFAIL, with
-# the bug named), any other failed check fails it. Delete an entry when its fix lands.
-KNOWN_BUGS: dict[str, dict[str, str]] = {
-    "crash": {"one_video_per_key": "R1 rebalance double render", "stored_is_announced": "R1 rebalance double render"},
-    "broker": {"one_video_per_key": "R1 rebalance double render", "stored_is_announced": "R1 rebalance double render"},
-    "rebalance": {"one_video_per_key": "R1 rebalance double render", "stored_is_announced": "R1 rebalance double render"},
-    "hostile": {"no_internal_errors": "R2 malformed image URL is internal_error"},
-}
-
-
 def explain(entry: dict) -> str:
     failed = [name for name, ok in entry.get("checks", {}).items() if not ok]
     shown = {k: v for k, v in entry.items() if k not in ("books", "checks", "kill_log", "per_run")}
@@ -48,10 +37,6 @@ def explain(entry: dict) -> str:
 
 async def check(name: str, tmp_path: Path, shared: Rig | None) -> None:
     entry = await run_scenario(name, QUICK, tmp_path / name, shared)
-    failed = {check for check, ok in entry.get("checks", {}).items() if not ok}
-    known = KNOWN_BUGS.get(name, {})
-    if entry["passed"] is False and failed and failed <= set(known):
-        pytest.xfail(f"known bug(s) {sorted({known[c] for c in failed})}: {explain(entry)[:1500]}")
     assert entry["passed"], explain(entry)
 
 

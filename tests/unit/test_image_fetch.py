@@ -186,6 +186,14 @@ def test_schemes_outside_the_allow_list_are_refused(url, root):
     assert "is not allowed" in refused(url, root).message
 
 
+@pytest.mark.parametrize("url", ["http://[::1/x.png", "http://[not-an-ip]/x.png",
+                                 "file://[::1/x.png", "http://example.com:99999/x.png"])
+def test_urls_that_do_not_parse_are_refused_as_bad_input(url, root):
+    err = refused(url, root)
+    assert "malformed URL" in err.message or "bad port" in err.message
+    assert not err.retryable
+
+
 def test_http_is_refused_when_only_https_is_allowed(server, root):
     assert "scheme 'http' is not allowed" in refused(f"{server}/ok.png", root, allowed_schemes=("https",)).message
 
