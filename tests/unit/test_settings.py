@@ -33,3 +33,9 @@ def test_invalid_value_is_refused(monkeypatch):
     monkeypatch.setenv("SKUVID_DURATION_S", "11")
     with pytest.raises(ValueError, match="duration_s"):
         Settings()
+
+
+def test_revoke_grace_must_end_before_the_group_drops_the_member():
+    assert Settings(revoke_grace_s=60, max_poll_interval_ms=600_000).revoke_grace_s == 60
+    with pytest.raises(ValueError, match="revoke_grace_s"):
+        Settings(revoke_grace_s=600, max_poll_interval_ms=600_000)
