@@ -16,6 +16,7 @@ import orjson
 from consumers.outcomes import failed_event
 from inference.params import ParamsError, plan_params, seed_from_key
 from inference.prompt import ContentRefused, PromptEngine, VariantSpec
+from inference.prompt.cache import PromptCache
 from schemas.events import (
     Lane,
     ProductSnapshot,
@@ -40,11 +41,15 @@ class Plan:
 
 
 class Planner:
-    """Turns one product snapshot into its variants' render requests, or into the reason it gets none."""
+    """Turns one product snapshot into its variants' render requests, or into the reason it gets none.
+
+    Prompts are built through a ``PromptCache``: a product's analysis, made when its daily variants are planned,
+    serves its promo variants later. Not thread-safe (one planner per event loop)."""
 
     def __init__(self, engine: PromptEngine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
+        self.prompts = PromptCache(max_bytes=settings.planner_prompt_cache_mb << 20)
         try:  # checked once; each request gets its own seed
             self._params: RenderParams | ParamsError = plan_params(settings, key="")
         except ParamsError as exc:
@@ -70,7 +75,7 @@ class Planner:
     def _request(
         self, product: ProductSnapshot, variant: VariantSpec, source_event_id: str, promo: PromoStarted | None
     ) -> VideoRequested:
-        prompt = self.engine.build(product, variant, clip_duration_s=self.settings.duration_s)
+        prompt = self.prompts.build(self.engine, product, variant, clip_duration_s=self.settings.duration_s)
         model = self.settings.model
         seed_key = f"{model}|{prompt.prompt_hash}|{product.image_url or ''}"
         params = self.params_for(seed_key)

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
         default=10.0, ge=0, description="A SKU variant goes to a render lane at most once per this many seconds; "
         "newer plans meanwhile are held and the newest is sent when the window closes (0: off).",
     )
+    planner_prompt_cache_mb: int = Field(
+        default=256, ge=1, description="Memory for products' variant-independent prompt analyses, which promo "
+        "variants are built from (a bench catalog row ~2 KB; a product at the schema's limits ~37 KB).",
+    )
 
     # --- Prompt engine and safety (inference/prompt) -----------------------------------------------------
     absolute_terms_policy: Literal["drop", "refuse"] = Field(

@@ -49,16 +49,17 @@ class Phrase(NamedTuple):
 MANDATORY = 100
 _JOINERS = {Locale.ZH_CN: ("，", "。", "。"), Locale.EN_US: (", ", ". ", ".")}
 _SEPARATOR_TOKENS = 1  # each joiner ("，", "。", ", ", ". ") is one token in the estimate
+_SECTIONS = tuple(Section)
 
 
 def _render(phrases: list[Phrase], language: Locale) -> str:
     comma, stop, end = _JOINERS[language]
-    sentences = []
-    for section in Section:
-        parts = [p.text for p in phrases if p.section is section]
-        if parts:
-            sentence = comma.join(parts)
-            sentences.append(sentence[:1].upper() + sentence[1:] if language is Locale.EN_US else sentence)
+    sections: list[list[str]] = [[] for _ in _SECTIONS]  # one pass: iterating an Enum is slow
+    for p in phrases:
+        sections[p.section].append(p.text)
+    sentences = [comma.join(parts) for parts in sections if parts]
+    if language is Locale.EN_US:
+        sentences = [sentence[:1].upper() + sentence[1:] for sentence in sentences]
     return stop.join(sentences) + end
 
 

@@ -9,29 +9,36 @@ Stages of ``build`` (all in memory; data files are read once by ``load``):
 4. turn selling points and attributes into visual phrases, add scene, camera, lighting and style words;
 5. fit the phrases into the text encoder's token budget, least important dropped first;
 6. promo copy becomes an overlay caption (never prompt text); hash everything.
+
+Stages 2–4 without the promo copy do not depend on the variant: ``analyse`` does them once per product and
+language (``ProductAnalysis``), ``build_from`` does the rest for one variant, screening the promo copy on its
+own, and gives what ``build`` gives (``inference.prompt.cache`` keeps analyses for a planner's fan-out).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from inference.prompt.compose import MANDATORY, Phrase, Section, assemble
 from inference.prompt.errors import ContentRefused
-from inference.prompt.library import DEFAULT_DATA_DIR, Library, LibraryError, Template, load_library
+from inference.prompt.library import DEFAULT_DATA_DIR, Library, LibraryError, Style, Template, load_library
 from inference.prompt.safety import AbsolutePolicy, SafetyGate, SafetyVerdict, Screening
 from inference.prompt.selection import Selector, pick, stable_int
-from inference.prompt.text import has_cjk, strip_invisible
+from inference.prompt.text import has_cjk, strip_invisible, tidy
 from inference.prompt.tokens import PROMPT_TOKEN_BUDGET, estimate_tokens
 from inference.prompt.variants import VariantSpec, make_variants
 from inference.prompt.visuals import Visualiser
 from schemas.events import Locale, OverlayCaption, ProductSnapshot, PromoStarted, Prompt, Reason
 
 OVERLAY_MAX_CHARS = 60
+COPY_SCREENINGS = 256  # promo copies screened alone, remembered (a fan-out screens its copy once)
 _FIXED_FIELDS = ("title", "brand", "category", "promo copy")  # screened first, in this order
 _COPY = _FIXED_FIELDS.index("promo copy")
 
@@ -40,15 +47,38 @@ P_STYLE, P_IMAGE, P_ACTION, P_DETAILS, P_SCENE, P_CAMERA = 95, 90, 80, 76, 70, 6
 P_CHANNEL, P_LIGHTING, P_RAW, P_ATTRIBUTE, P_QUALITY = 60, 55, 50, 40, 10
 
 
+@dataclass(frozen=True, slots=True)
+class ProductAnalysis:
+    """What ``build`` makes of a product's own texts for prompts in ``language``, whatever the variant: the
+    template, the subject phrase and the selling-point and attribute phrases (screened without promo copy).
+
+    ``screened``: the title and selling points as screened, before cleaning (a promo copy found in one of them is
+    cut out of it, so such a build does not reuse the analysis); ``cut``: terms were cut out of some text (then
+    ``build``'s one screening of all texts tidies the promo copy too).
+    """
+
+    template: Template
+    language: Locale
+    subject: Phrase
+    content: tuple[Phrase, ...]
+    screened: tuple[str, ...]
+    cut: bool
+
+
 class PromptEngine:
-    """Builds prompts for product variants. Immutable after ``load``; safe to share between threads."""
+    """Builds prompts for product variants. Immutable after ``load``; safe to share between threads.
+
+    ``fingerprint`` is a digest of everything loaded (library, safety lists, policy): equal fingerprints build
+    equal prompts, so it keys what is kept of this engine's work (``inference.prompt.cache``)."""
 
     def __init__(self, library: Library, gate: SafetyGate) -> None:
         self.library = library
         self.gate = gate
+        self.fingerprint = hashlib.sha256(f"{library.model_dump_json()}|{gate.fingerprint}".encode()).hexdigest()
         self.selector = Selector(library)
         self.visuals = Visualiser(library)
         self._known_tokens = {text: estimate_tokens(text) for text in library.fixed_phrases()}
+        self._screened_copy = functools.lru_cache(maxsize=COPY_SCREENINGS)(self._screen_copy)
         for language in Locale:
             negative = library.common.negative.get(language)
             if estimate_tokens(negative) > PROMPT_TOKEN_BUDGET:
@@ -79,36 +109,94 @@ class PromptEngine:
         ``clip_duration_s`` (seconds, > 0) sets the overlay's end time. Raises ContentRefused (reason
         UNSAFE_CONTENT, EMPTY_CONTENT or INVALID_PARAMS) and ValueError for a bad ``clip_duration_s``.
         """
-        if not (math.isfinite(clip_duration_s) and clip_duration_s > 0):
-            raise ValueError(f"clip_duration_s must be a positive number of seconds, not {clip_duration_s!r}")
+        _check_duration(clip_duration_s)
         style = self.selector.style(variant.style)
         template = self.selector.template_for(product.category)
-        language = variant.region or product.locale
         promo = variant.promo
         screened = self._screen(product, promo, template)
+        analysis, copy = self._analysed(product, template, variant.region or product.locale, screened, promo)
+        return self._assemble(analysis, product, variant, style, self._overlays(promo, copy, clip_duration_s))
+
+    def analyse(self, product: ProductSnapshot, language: Locale) -> ProductAnalysis | None:
+        """The variant-independent part of building ``product``'s prompts in ``language``, for ``build_from``;
+        None when the product's own texts are refused or empty (``build`` raises why)."""
+        template = self.selector.template_for(product.category)
+        try:
+            return self._analysed(product, template, language, self._screen(product, None, template), None)[0]
+        except ContentRefused:
+            return None
+
+    def build_from(self, analysis: ProductAnalysis, product: ProductSnapshot, variant: VariantSpec,
+                   clip_duration_s: float = 5.0) -> Prompt:
+        """``build(product, variant, clip_duration_s)`` from ``analysis = analyse(product, language)``, where
+        ``language`` is the variant's (its region, else the product's locale): the same Prompt or ContentRefused.
+        Only the promo copy is screened; a copy with listed terms, or found in the title or a selling point, goes
+        through ``build``."""
+        _check_duration(clip_duration_s)
+        style = self.selector.style(variant.style)
+        language = variant.region or product.locale
+        if analysis.language is not language:
+            raise ValueError(f"an analysis for {analysis.language.value} prompts cannot build {language.value} ones")
+        copy = self._promo_copy(analysis, variant.promo)
+        if copy is None:
+            return self.build(product, variant, clip_duration_s)
+        return self._assemble(analysis, product, variant, style, self._overlays(variant.promo, copy, clip_duration_s))
+
+    def _analysed(self, product: ProductSnapshot, template: Template, language: Locale, screened: Screening,
+                  promo: PromoStarted | None) -> tuple[ProductAnalysis, str]:
+        """The analysis of ``product``'s screened texts, and the promo copy as the overlay shows it."""
         title, points, attributes, copy = self._split(product, promo, screened)
         if not title and not points:
             raise ContentRefused(Reason.EMPTY_CONTENT, "empty",
                                  f"product {product.sku}: no usable title or selling points after cleaning "
                                  f"(title {product.title!r})")
+        subject = self._subject(title, template.scenery(language).noun, language)
+        first_point = len(_FIXED_FIELDS)
+        analysis = ProductAnalysis(
+            template=template,
+            language=language,
+            subject=self._phrase(subject, MANDATORY, Section.OPENING),
+            content=tuple(self._content_phrases(points, attributes, template, language)),
+            screened=(screened.cleaned[0], *screened.cleaned[first_point:first_point + len(product.selling_points)]),
+            cut=bool(screened.cut_indexes),
+        )
+        return analysis, copy
+
+    def _promo_copy(self, analysis: ProductAnalysis, promo: PromoStarted | None) -> str | None:
+        """The promo copy as ``build`` words it next to the analysed product ('' without a promo); None when only
+        ``build`` can tell: the copy holds listed terms (refused, or cut out) or is found in the title or a
+        selling point. The copy is screened as ``build`` screens it (a term never spans two texts)."""
+        if promo is None:
+            return ""
+        screened = self._screened_copy(promo.copy_text, analysis.template.medical_claims_allowed)
+        if screened.refusal is not None or screened.cut_indexes:
+            return None
+        copy = tidy(screened.cleaned[0]) if analysis.cut else screened.cleaned[0]
+        if copy and any(copy in text for text in analysis.screened):
+            return None
+        return strip_invisible(promo.copy_text)
+
+    def _screen_copy(self, copy_text: str, medical_allowed: bool) -> Screening:
+        return self.gate.screen([copy_text], medical_allowed=medical_allowed)
+
+    def _assemble(self, analysis: ProductAnalysis, product: ProductSnapshot, variant: VariantSpec, style: Style,
+                  overlays: list[OverlayCaption]) -> Prompt:
+        """The variant's phrases around the analysed product's, fitted to the budget and hashed."""
+        language, template = analysis.language, analysis.template
         seed = stable_int(product.sku, variant.variant_id)
         scenery = template.scenery(language)
         common = self.library.common
-        phrases = [
-            self._phrase(style.get(language), P_STYLE, Section.OPENING),
-            self._phrase(self._subject(title, scenery.noun, language), MANDATORY, Section.OPENING),
-        ]
+        phrases = [self._phrase(style.get(language), P_STYLE, Section.OPENING), analysis.subject]
         if product.image_url:
             phrases.append(self._phrase(common.image_hint.get(language), P_IMAGE, Section.GUIDANCE))
         phrases.append(self._phrase(common.channels[variant.channel].get(language), P_CHANNEL, Section.GUIDANCE))
-        phrases += self._content_phrases(points, attributes, template, language)
+        phrases += analysis.content
         phrases += [
             self._phrase(pick(scenery.scenes, seed, 0), P_SCENE, Section.SETTING),
             self._phrase(pick(scenery.cameras, seed, 1), P_CAMERA, Section.CAMERA),
             self._phrase(pick(scenery.lighting, seed, 2), P_LIGHTING, Section.CAMERA),
             self._phrase(common.quality.get(language), P_QUALITY, Section.CAMERA),
         ]
-        overlays = self._overlays(promo, copy, clip_duration_s)
         return _hashed(
             positive=assemble(phrases, language),
             negative=common.negative.get(language),
@@ -176,6 +264,11 @@ class PromptEngine:
             return []
         return [OverlayCaption(text=copy[:OVERLAY_MAX_CHARS], start_s=0.0, end_s=clip_duration_s,
                                promo_id=promo.promo_id, valid_from=promo.starts_at, valid_until=promo.ends_at)]
+
+
+def _check_duration(clip_duration_s: float) -> None:
+    if not (math.isfinite(clip_duration_s) and clip_duration_s > 0):
+        raise ValueError(f"clip_duration_s must be a positive number of seconds, not {clip_duration_s!r}")
 
 
 def _without(text: str, copy: str) -> str:

@@ -18,6 +18,7 @@ compiled into one trie regex at load; a check is one pass over the text.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,12 +102,16 @@ def load_lists(safety_dir: Path) -> list[SafetyList]:
 
 
 class SafetyGate:
-    """Precompiled safety lists plus the absolute-terms policy. Thread-safe (immutable after init)."""
+    """Precompiled safety lists plus the absolute-terms policy. Thread-safe (immutable after init).
+
+    ``fingerprint``: a digest of the policy and every list, equal for gates that decide alike."""
 
     def __init__(self, lists: Sequence[SafetyList], absolute_terms_policy: AbsolutePolicy = "drop") -> None:
         if absolute_terms_policy not in ("drop", "refuse"):
             raise ValueError(f"absolute_terms_policy must be 'drop' or 'refuse', not {absolute_terms_policy!r}")
         self.policy: AbsolutePolicy = absolute_terms_policy
+        described = "\n".join([absolute_terms_policy, *(lst.model_dump_json() for lst in lists)])
+        self.fingerprint = hashlib.sha256(described.encode()).hexdigest()
         allow = [(t, t) for lst in lists if lst.action == "allow" for t in (*lst.zh, *lst.en)]
         self._allow: TermMatcher[str] = TermMatcher(allow, plurals=True)
         terms = [(t, Hit(lst.id, t, lst.action, lst.description))
