@@ -42,7 +42,7 @@ from schemas.events import Reason
 from schemas.topics import DEAD_LETTER, ENGAGEMENT
 from skuvid.brokers import BrokerError, ensure_topics
 from skuvid.errors import FatalError
-from skuvid.kafka_clients import bootstrap_list, faust_options, security_options
+from skuvid.kafka_clients import bootstrap_list, faust_app_options, security_options
 from skuvid.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -79,25 +79,13 @@ def create_app(settings: Settings, metrics: ExperimentMetrics, *, group: str = G
     seconds; a crash replays at most that much (correctly, but it is work done twice)."""
     app = faust.App(
         group,
-        **faust_options(settings),
+        **faust_app_options(settings),
         store="memory://",
         datadir=str(data_dir),
-        processing_guarantee="at_least_once",
         topic_partitions=PARTITIONS,
-        topic_replication_factor=settings.kafka_replication_factor,
-        consumer_auto_offset_reset="earliest",
-        table_standby_replicas=0,
-        producer_acks=-1,
         producer_max_batch_size=1 if settings.kafka_one_record_batches else 16384,
-        producer_request_timeout=settings.kafka_delivery_timeout_ms / 1000,
-        broker_session_timeout=settings.session_timeout_ms / 1000,
-        broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000,
-        broker_rebalance_timeout=2 * settings.session_timeout_ms / 1000,
         broker_commit_every=commit_every,
         broker_commit_interval=commit_interval_s,
-        web_enabled=False,
-        autodiscover=False,
-        topic_allow_declare=True,
     )
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     engagement = app.topic(ENGAGEMENT.name, **raw)

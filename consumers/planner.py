@@ -73,7 +73,7 @@ from schemas.topics import (
 )
 from skuvid.brokers import BrokerError, ensure_topics
 from skuvid.errors import FatalError, Outcome, SkuvidError, classify
-from skuvid.kafka_clients import bootstrap_list, faust_options, security_options
+from skuvid.kafka_clients import bootstrap_list, faust_app_options, security_options
 from skuvid.health import HealthServer, LoopHeartbeat, Readiness
 from skuvid.logs import bind_event, bind_record
 from skuvid.metrics import Metrics
@@ -631,28 +631,16 @@ def create_app(settings: Settings, engine: PromptEngine, metrics: Metrics) -> fa
     datadir.mkdir(parents=True, exist_ok=True)  # faust makes only the last level
     app = faust.App(
         settings.planner_group,
-        **faust_options(settings),  # broker list and credentials, as every skuvid client connects
+        **faust_app_options(settings),  # connection, delivery guarantee and timeouts of every skuvid app
         store="rocksdb://" if settings.planner_store == "rocksdb" else "memory://",
         datadir=str(datadir),
-        processing_guarantee="at_least_once",
         topic_partitions=CATALOG_PARTITIONS,
-        topic_replication_factor=settings.kafka_replication_factor,
-        consumer_auto_offset_reset="earliest",
-        table_standby_replicas=0,
-        producer_acks=-1,
         producer_max_batch_size=1 if settings.kafka_one_record_batches else 512 * 1024,
         producer_linger=0.005,
         producer_max_request_size=4 * 1_048_576,
-        producer_request_timeout=settings.kafka_delivery_timeout_ms / 1000,
         consumer_max_fetch_size=4 * 1_048_576,
-        broker_session_timeout=settings.session_timeout_ms / 1000,
-        broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000,
-        broker_rebalance_timeout=2 * settings.session_timeout_ms / 1000,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
-        web_enabled=False,
-        autodiscover=False,
-        topic_allow_declare=True,
     )
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     products = app.topic(PRODUCT_CREATED.name, PRODUCT_UPDATED.name, **raw)
@@ -674,6 +662,7 @@ def create_app(settings: Settings, engine: PromptEngine, metrics: Metrics) -> fa
     # in the order they were written, whichever agent wrote them.
     box = Outbox(_faust_producer(app), partitions, exit_undelivered)
     coalescer = Coalescer(settings.planner_coalesce_s) if settings.planner_coalesce_s > 0 else None
+    planner = Planner(engine, settings)  # shared: the fan-out builds from the analyses the product agent kept
     batched: list[BatchedTable] = []
 
     def sender() -> Send:
@@ -698,7 +687,7 @@ def create_app(settings: Settings, engine: PromptEngine, metrics: Metrics) -> fa
                 partitions[table.topic] = CATALOG_PARTITIONS
         send = sender()
         batched_catalog, batched_planned, batched_held = batched
-        flow = PlannerFlow(Planner(engine, settings), engine, batched_catalog, batched_planned, send, metrics,
+        flow = PlannerFlow(planner, engine, batched_catalog, batched_planned, send, metrics,
                            render_policy=settings.render_policy, held=batched_held, coalescer=coalescer,
                            tick_topic=tick_topic, checkpoint=checkpoint)
         return flow, send

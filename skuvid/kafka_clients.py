@@ -160,6 +160,26 @@ def faust_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def faust_app_options(settings: Settings) -> dict[str, Any]:
+    """What every skuvid ``faust.App`` shares: the connection (``faust_options``), at-least-once with acks=all
+    and the delivery timeout, the group timeouts of the other clients, topics declared by the app itself."""
+    return {
+        **faust_options(settings),
+        "processing_guarantee": "at_least_once",
+        "topic_replication_factor": settings.kafka_replication_factor,
+        "consumer_auto_offset_reset": "earliest",
+        "table_standby_replicas": 0,
+        "producer_acks": -1,
+        "producer_request_timeout": settings.kafka_delivery_timeout_ms / 1000,
+        "broker_session_timeout": settings.session_timeout_ms / 1000,
+        "broker_heartbeat_interval": settings.heartbeat_interval_ms / 1000,
+        "broker_rebalance_timeout": 2 * settings.session_timeout_ms / 1000,
+        "web_enabled": False,
+        "autodiscover": False,
+        "topic_allow_declare": True,
+    }
+
+
 # --- preflight -----------------------------------------------------------------------------------------
 
 
