@@ -240,3 +240,32 @@ async def test_healthz_fails_while_a_render_is_stalled(tmp_path):
             assert (await client.get(url)).status_code == 200
     finally:
         server.stop()
+
+
+async def test_release_lets_the_revoked_partitions_render_finish_and_drops_their_queue(settings):
+    svc, _, _ = service(settings.model_copy(update={"revoke_grace_s": 5.0}))
+    revoked, kept = TopicPartition(VIDEO_REQUESTED.name, 2), TopicPartition(VIDEO_REQUESTED.name, 3)
+    finished = asyncio.Event()
+
+    async def rendering() -> None:
+        await asyncio.sleep(0.2)
+        finished.set()
+
+    svc.active[revoked] = asyncio.create_task(rendering())
+    svc.queue.put_nowait(record(b"{}", offset=8))  # partition 2, queued behind the render
+    svc.queue.put_nowait(ConsumerRecord(VIDEO_REQUESTED.name, 3, 1, 0, 0, b"k", b"{}", None, 1, 2, []))
+    started = time.monotonic()
+    await svc.release({revoked})
+    assert finished.is_set() and time.monotonic() - started >= 0.2
+    assert svc.queue.qsize() == 1 and svc.queue.take(set()).partition == kept.partition
+    assert not svc.releasing
+
+
+async def test_release_gives_up_waiting_after_the_grace(settings):
+    svc, _, _ = service(settings.model_copy(update={"revoke_grace_s": 0.1}))
+    revoked = TopicPartition(VIDEO_REQUESTED.name, 2)
+    stuck = svc.active[revoked] = asyncio.create_task(asyncio.sleep(30))
+    started = time.monotonic()
+    await svc.release({revoked})
+    assert time.monotonic() - started < 1.0 and not stuck.done()
+    stuck.cancel()
