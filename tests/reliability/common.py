@@ -1,12 +1,16 @@
-"""Small pieces every scenario uses: waiting for a log line, and the shape of a scenario's result."""
+"""Small pieces every scenario uses: waiting for a log line, the opening of a renderer scenario, and the shape
+of a scenario's result."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+from schemas.events import VideoRequested
+from schemas.topics import VIDEO_REQUESTED
 from tests.integration.harness import Service
 from tests.reliability.accounting import Books
+from tests.reliability.rig import Producer, Rig, Tap
 
 READY_LINE = {"renderer": "renderer ready", "planner": "Worker ready"}  # faust: tables recovered
 
@@ -39,6 +43,18 @@ class Phases:
         now = time.monotonic()
         self.seconds[name] = round(now - self._last, 1)
         self._last = now
+
+
+async def join_then_request(rig: Rig, tap: Tap, phases: Phases, renderers: list[Service], settings,
+                            requests: list[VideoRequested]) -> None:
+    """The opening of a renderer scenario: phase ``rig`` ends, the renderers join their group (phase
+    ``services``), the outcome tap starts, then every request is produced to ``video.requested``."""
+    phases.mark("rig")
+    await rig.wait_joined(settings, renderers)
+    phases.mark("services")
+    await tap.start()
+    async with Producer(rig.bootstrap) as producer:
+        await producer.events(VIDEO_REQUESTED, requests)
 
 
 def result(scenario: str, books: Books | None, *, crashes: int, checks: dict[str, bool], started: float,

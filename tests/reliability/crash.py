@@ -14,11 +14,10 @@ import random
 import time
 from pathlib import Path
 
-from schemas.topics import VIDEO_REQUESTED
 from tests.reliability.accounting import account, catalog_products, plan_requests
-from tests.reliability.common import READY_LINE, Phases, result
+from tests.reliability.common import READY_LINE, Phases, join_then_request, result
 from tests.reliability.profiles import Crash
-from tests.reliability.rig import REQUEST_TOPIC_NAMES, Producer, Rig, Tap, scenario_rig
+from tests.reliability.rig import REQUEST_TOPIC_NAMES, Rig, Tap, scenario_rig
 
 
 async def working_slots(slots: list, timeout_s: float = 60) -> list[int]:
@@ -42,12 +41,7 @@ async def run(work: Path, p: Crash, shared: Rig | None = None) -> dict:
             keys = {r.request_key for r in requests}
             triggers = [work / f"crash-after-publish-{slot}" for slot in range(p.renderers)]
             slots = [rig.renderer(settings, job_seconds=p.job_seconds, crash_trigger=t) for t in triggers]
-            phases.mark("rig")
-            await rig.wait_joined(settings, slots)
-            phases.mark("services")
-            await tap.start()
-            async with Producer(rig.bootstrap) as producer:
-                await producer.events(VIDEO_REQUESTED, requests)
+            await join_then_request(rig, tap, phases, slots, settings, requests)
 
             rng = random.Random(p.seed)
             kills: list[dict] = []

@@ -21,9 +21,9 @@ from aiokafka.partitioner import DefaultPartitioner
 from schemas.events import VideoRequested
 from schemas.topics import VIDEO_REQUESTED
 from tests.reliability.accounting import account, catalog_products, plan_requests
-from tests.reliability.common import Phases, result
+from tests.reliability.common import Phases, join_then_request, result
 from tests.reliability.profiles import Poison
-from tests.reliability.rig import REQUEST_TOPIC_NAMES, Producer, Rig, Tap, scenario_rig
+from tests.reliability.rig import REQUEST_TOPIC_NAMES, Rig, Tap, scenario_rig
 
 FAIL_MARKER = "POISON-RAISE"
 TRANSIENT_MARKER = "POISON-TRANSIENT"
@@ -89,12 +89,7 @@ async def run(work: Path, p: Poison, shared: Rig | None = None) -> dict:
             keys = {r.request_key for r in requests}
             renderers = [rig.renderer(settings, job_seconds=p.job_seconds, fail_marker=FAIL_MARKER,
                                       transient_marker=TRANSIENT_MARKER) for _ in range(p.renderers)]
-            phases.mark("rig")
-            await rig.wait_joined(settings, renderers)
-            phases.mark("services")
-            await tap.start()
-            async with Producer(rig.bootstrap) as producer:
-                await producer.events(VIDEO_REQUESTED, requests)
+            await join_then_request(rig, tap, phases, renderers, settings, requests)
             produced_at = time.monotonic()
             complete = await tap.wait_for(lambda: keys <= tap.outcome_keys(), p.timeout_s, alive=rig.check_alive)
             phases.mark("complete")

@@ -13,11 +13,10 @@ import asyncio
 import time
 from pathlib import Path
 
-from schemas.topics import VIDEO_REQUESTED
 from tests.reliability.accounting import account, catalog_products, plan_requests
-from tests.reliability.common import Phases, result, wait_ready
+from tests.reliability.common import Phases, join_then_request, result, wait_ready
 from tests.reliability.profiles import Rebalance
-from tests.reliability.rig import REQUEST_TOPIC_NAMES, Producer, Rig, Tap, scenario_rig
+from tests.reliability.rig import REQUEST_TOPIC_NAMES, Rig, Tap, scenario_rig
 
 
 async def run(work: Path, p: Rebalance, shared: Rig | None = None) -> dict:
@@ -30,12 +29,7 @@ async def run(work: Path, p: Rebalance, shared: Rig | None = None) -> dict:
             requests = plan_requests(settings, catalog_products(p.requests, rig.sku_prefix, images=False))
             keys = {r.request_key for r in requests}
             renderers = [rig.renderer(settings, job_seconds=p.job_seconds) for _ in range(2)]
-            phases.mark("rig")
-            await rig.wait_joined(settings, renderers)
-            phases.mark("services")
-            await tap.start()
-            async with Producer(rig.bootstrap) as producer:
-                await producer.events(VIDEO_REQUESTED, requests)
+            await join_then_request(rig, tap, phases, renderers, settings, requests)
             joiner = rig.renderer(settings, job_seconds=p.job_seconds)  # joins while the two are rendering
             await wait_ready([joiner])
             joined_at = time.monotonic()

@@ -12,11 +12,10 @@ import re
 import time
 from pathlib import Path
 
-from schemas.topics import VIDEO_REQUESTED
 from tests.reliability.accounting import account, catalog_products, plan_requests
-from tests.reliability.common import Phases, result
+from tests.reliability.common import Phases, join_then_request, result
 from tests.reliability.profiles import StorageOutage
-from tests.reliability.rig import REQUEST_TOPIC_NAMES, Producer, Rig, Tap, scenario_rig
+from tests.reliability.rig import REQUEST_TOPIC_NAMES, Rig, Tap, scenario_rig
 
 RETRY_LINE = re.compile(r"attempt (\d+)/(\d+) failed \((\w+):")
 
@@ -32,12 +31,7 @@ async def run(work: Path, p: StorageOutage, shared: Rig | None = None) -> dict:
             requests = plan_requests(settings, catalog_products(p.requests, rig.sku_prefix))
             keys = {r.request_key for r in requests}
             renderers = [rig.renderer(settings, job_seconds=p.job_seconds) for _ in range(p.renderers)]
-            phases.mark("rig")
-            await rig.wait_joined(settings, renderers)
-            phases.mark("services")
-            await tap.start()
-            async with Producer(rig.bootstrap) as producer:
-                await producer.events(VIDEO_REQUESTED, requests)
+            await join_then_request(rig, tap, phases, renderers, settings, requests)
             await tap.wait_for(lambda: len(tap.outcome_keys() & keys) >= max(1, len(keys) // 4), p.timeout_s,
                                alive=rig.check_alive)
             before = len(tap.outcome_keys() & keys)
