@@ -125,7 +125,8 @@ class ProductCreated(InputEvent, ProductFields):
     """``product.created``: a new product, full snapshot."""
 
     def snapshot(self) -> ProductSnapshot:
-        return ProductSnapshot.model_validate(self.model_dump(include=set(ProductFields.model_fields)))
+        """The product fields of this (validated) event, without validating them again."""
+        return ProductSnapshot.model_construct(**{name: getattr(self, name) for name in ProductFields.model_fields})
 
 
 class ProductUpdated(ProductCreated):

@@ -136,29 +136,28 @@ def record_context(record: Any = None, event: Any = None, **fields: Any) -> dict
     return context
 
 
+_RECORD_KEYS = ("topic", "partition", "offset", "event_id", "sku", "request_key")
+
+
 @contextmanager
 def bind_record(record: Any = None, event: Any = None, **fields: Any) -> Iterator[None]:
     """Bind a record's context for the ``with`` block; on exit the context is what it was before the block,
-    including keys bound inside it with ``bind_event``/``bind`` (so one record's SKU never leaks into the
-    next record's lines)."""
-    before = structlog.contextvars.get_contextvars()
-    structlog.contextvars.bind_contextvars(**record_context(record, event, **fields))
+    including the event keys bound inside it with ``bind_event`` (so one record's SKU never leaks into the next
+    record's lines). Every record key is set on entry — those the record lacks to structlog's "unset" value —
+    and reset by its token on exit: a few context variable operations, not a copy of the context."""
+    context: dict[str, Any] = dict.fromkeys(_RECORD_KEYS, ...)  # Ellipsis: unset, left out of log lines
+    context.update(record_context(record, event, **fields))
+    tokens = structlog.contextvars.bind_contextvars(**context)
     try:
         yield
     finally:
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(**before)
+        structlog.contextvars.reset_contextvars(**tokens)
 
 
 def bind_event(event: Any) -> None:
     """Add an event's ``event_id``, ``sku`` and ``request_key`` to the current context (inside
     ``bind_record``, once the record has been decoded)."""
     structlog.contextvars.bind_contextvars(**record_context(event=event))
-
-
-def bind(**fields: Any) -> None:
-    """Add fields to the current context (None values are left out)."""
-    structlog.contextvars.bind_contextvars(**record_context(**fields))
 
 
 # ---- rate limiting --------------------------------------------------------------------------------------

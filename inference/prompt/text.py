@@ -40,6 +40,17 @@ _CONFUSABLES = {
 }
 _VIEW_TABLE = str.maketrans({"İ": "i", **_CONFUSABLES, **{k.upper(): v for k, v in _CONFUSABLES.items()}})
 
+
+def _any_of(codepoints) -> re.Pattern[str]:
+    """A search for any of ``codepoints``: ``str.translate`` looks every character up in its table, a regex
+    character class finds out in C whether there is anything to translate at all (mostly there is not)."""
+    return re.compile("[" + "".join(re.escape(chr(cp)) for cp in sorted(codepoints)) + "]")
+
+
+_HAS_VIEW_CHAR = _any_of(_VIEW_TABLE)
+_HAS_KEEP_MASK_CHAR = _any_of(_KEEP_MASK_TABLE)
+_HAS_CLEAN_CHAR = _any_of(_CLEAN_TABLE)
+
 _SEPARATORS = re.compile(r"[\W_]+")
 _WORD = re.compile(r"[^\W_]")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
@@ -47,7 +58,8 @@ _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-
 
 def normalise(text: str) -> str:
     """NFKC, invisible characters removed, controls as spaces. Whitespace is kept as is (length matters)."""
-    return unicodedata.normalize("NFKC", text).translate(_CLEAN_TABLE)
+    text = unicodedata.normalize("NFKC", text)
+    return text.translate(_CLEAN_TABLE) if _HAS_CLEAN_CHAR.search(text) else text
 
 
 def join_normalised(texts: Sequence[str]) -> str:
@@ -57,13 +69,14 @@ def join_normalised(texts: Sequence[str]) -> str:
     """
     raw = MASK.join(texts)
     if raw.count(MASK) == len(texts) - 1:
-        return unicodedata.normalize("NFKC", raw).translate(_KEEP_MASK_TABLE)
+        joined = unicodedata.normalize("NFKC", raw)
+        return joined.translate(_KEEP_MASK_TABLE) if _HAS_KEEP_MASK_CHAR.search(joined) else joined
     return MASK.join(normalise(t) for t in texts)
 
 
 def match_view(normalised: str) -> str:
     """Lower-cased, look-alikes mapped to Latin; same length as ``normalised`` (see module doc)."""
-    view = normalised.translate(_VIEW_TABLE).lower()
+    view = (normalised.translate(_VIEW_TABLE) if _HAS_VIEW_CHAR.search(normalised) else normalised).lower()
     if len(view) != len(normalised):  # pragma: no cover - only if Unicode adds a length-changing lowercase
         view = "".join(ch.lower()[:1] or ch for ch in normalised.translate(_VIEW_TABLE))
     return view
@@ -91,7 +104,7 @@ def has_cjk(text: str) -> bool:
 
 def strip_invisible(text: str) -> str:
     """Only the invisible and control characters removed (no NFKC): for text shown to people as written."""
-    return squash(text.translate(_CLEAN_TABLE))
+    return squash(text.translate(_CLEAN_TABLE) if _HAS_CLEAN_CHAR.search(text) else text)
 
 
 _JUNK = r"\s,.;:!?，。；：！？、\-–—/|·~_*+&"

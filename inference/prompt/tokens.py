@@ -23,6 +23,7 @@ _LETTERS = re.compile("[A-Za-z]+")
 _DROP_LETTERS_AND_SPACES = str.maketrans(dict.fromkeys(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85"
 ))
+_LETTERS_AND_SPACES = re.compile("[A-Za-z \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85]+")
 _ONE_TOKEN = re.compile(f"[{_CJK_CLASS}\\x00-\\x7f]+")
 _SPACES = re.compile(r"\s+")
 
@@ -36,13 +37,15 @@ def estimate_tokens(text: str) -> int:
     total = 0
     for word in _LETTERS.findall(text):
         total += _word_cost(len(word))
-    rest = text.translate(_DROP_LETTERS_AND_SPACES)  # digits, symbols, CJK, other scripts
+    # digits, symbols, CJK, other scripts (translate is fast on ASCII only, a regex on the rest)
+    rest = text.translate(_DROP_LETTERS_AND_SPACES) if text.isascii() else _LETTERS_AND_SPACES.sub("", text)
     if rest.isascii():
         return total + len(rest)
     costly = _ONE_TOKEN.sub("", rest)
     total += len(rest) - len(costly)
     costly = _SPACES.sub("", costly)
-    return total + 2 * len(costly) + 2 * sum(1 for ch in costly if ord(ch) > 0xFFFF)
+    astral = len(costly.encode("utf-16-le", "surrogatepass")) // 2 - len(costly)  # two UTF-16 units each
+    return total + 2 * len(costly) + 2 * astral
 
 
 def _piece_cost(m: re.Match[str]) -> int:
