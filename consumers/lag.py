@@ -34,7 +34,7 @@ def lag_records(end_offsets: Mapping[Any, int | None], done: Mapping[Any, int | 
 
 
 async def aiokafka_lag(consumer: Any) -> Lags:
-    """Lag of an ``AIOKafkaConsumer``'s assigned partitions (the renderer)."""
+    """Lag of an ``AIOKafkaConsumer``'s assigned partitions (the renderer, the planner)."""
     assigned = list(consumer.assignment())
     if not assigned:
         return {}
@@ -43,25 +43,6 @@ async def aiokafka_lag(consumer: Any) -> Lags:
     done = {}
     for tp, offset in zip(assigned, committed, strict=True):
         done[tp] = offset if offset is not None else await consumer.position(tp)
-    return lag_records(end, done)
-
-
-async def faust_lag(app: Any, topics: Iterable[str]) -> Lags:
-    """Lag of a faust app's assigned partitions of ``topics`` (its source topics, not table changelogs).
-
-    Committed offsets come from faust's monitor (what this worker committed); a partition assigned but not
-    committed to yet falls back to the consumer's position, which faust seeks to the committed offset.
-    """
-    wanted = set(topics)
-    assigned = [tp for tp in app.consumer.assignment() if tp.topic in wanted]
-    if not assigned:
-        return {}
-    end = await app.consumer.highwaters(*assigned)
-    committed = app.monitor.tp_committed_offsets
-    done = {}
-    for tp in assigned:
-        offset = committed.get(tp)
-        done[tp] = offset if offset is not None else await app.consumer.position(tp)
     return lag_records(end, done)
 
 

@@ -2,7 +2,7 @@
 
 ``skuvid render`` (no Kafka) and ``skuvid serve`` (planner, renderer and listing API) share this module. Imports of
 Kafka clients and of the model's libraries stay inside the functions that need them, so the render path
-never loads aiokafka or faust and a bad product file is refused before torch is imported.
+never loads aiokafka and a bad product file is refused before torch is imported.
 
 Every process ends the same way: SIGTERM starts an orderly drain bounded by ``shutdown_grace_s`` (after
 which the process exits, leaving the job in progress uncommitted, to be redelivered); a ``FatalError``
@@ -123,24 +123,39 @@ async def run_renderer(settings: Settings) -> None:
             server.stop()
 
 
-def run_planner(settings: Settings) -> None:
-    """Run the planner worker until SIGINT/SIGTERM (faust drains and commits on the way out). /readyz turns
-    200 once it joined its group and recovered its tables."""
-    from consumers.planner import attach_probes, create_app, ensure_planner_topics, planner_worker
+async def run_planner(settings: Settings) -> None:
+    """Run the planner until SIGINT/SIGTERM: the batch in progress is finished, acknowledged and committed, and
+    the local tables are marked as matching their changelogs. /readyz turns 200 once it joined its group and
+    recovered its tables; /healthz fails when the event loop is blocked."""
+    from consumers.planner import ensure_planner_topics
+    from consumers.planner_service import PlannerService
     from inference.prompt import PromptEngine
+    from skuvid.health import LoopHeartbeat
     from skuvid.metrics import Metrics
 
     metrics = Metrics(model=settings.model)
     server = metrics.serve(settings.metrics_port)
-    asyncio.run(preflight(settings))
-    ensure_planner_topics(settings)
+    heartbeat = LoopHeartbeat()
+    heartbeat.start()
+    await preflight(settings)
+    await asyncio.to_thread(ensure_planner_topics, settings)
     engine = PromptEngine.load(absolute_terms_policy=settings.absolute_terms_policy)
-    app = create_app(settings, engine, metrics)
-    attach_probes(app, settings, metrics, server)
-    worker = planner_worker(app, settings, on_stop_signal=lambda: arm_shutdown_deadline(settings.shutdown_grace_s))
+    service = PlannerService(settings, engine, metrics)
+    if server is not None:
+        server.add_liveness("event_loop", heartbeat.check)
+        service.readiness.register(server)
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        arm_shutdown_deadline(settings.shutdown_grace_s)
+        service.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
     try:
-        worker.execute_from_commandline()
+        await service.run()
     finally:
+        heartbeat.stop()
         if server is not None:
             server.stop()
 
@@ -228,7 +243,7 @@ def serve(settings: Settings, role: str) -> int:
     configure_logging(settings, ml_libraries=role == "renderer")
     try:
         if role == "planner":
-            run_planner(settings)
+            asyncio.run(run_planner(settings))
         elif role == "renderer":
             asyncio.run(run_renderer(settings))
         elif role == "api":

@@ -12,7 +12,7 @@ from tests.integration.harness import Service
 from tests.reliability.accounting import Books
 from tests.reliability.rig import Producer, Rig, Tap
 
-READY_LINE = {"renderer": "renderer ready", "planner": "Worker ready"}  # faust: tables recovered
+READY_LINE = {"renderer": "renderer ready", "planner": "planner ready"}  # tables recovered
 
 
 async def wait_log(service: Service, text: str, timeout_s: float) -> float:

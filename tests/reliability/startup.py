@@ -59,7 +59,7 @@ async def one_start(work: Path, p: Startup, run: int) -> dict:
         planner = CommandService("planner", "skuvid.cli", ["serve", "--role", "planner"], settings, work)
         async with Producer(broker.bootstrap) as producer:
             early = asyncio.create_task(producer.events(PRODUCT_CREATED, products[:half]))  # waits for the topic
-            ready_s = await wait_log(planner, "Worker ready", p.timeout_s)
+            ready_s = await wait_log(planner, "planner ready", p.timeout_s)
             await producer.events(PRODUCT_CREATED, products[half:])
             await early
             await asyncio.sleep(0.5)

@@ -9,7 +9,7 @@ from collections import namedtuple
 
 import pytest
 
-from consumers.lag import aiokafka_lag, faust_lag, lag_records, report_lag
+from consumers.lag import aiokafka_lag, lag_records, report_lag
 from schemas.events import Lane, Reason
 from schemas.topics import INPUT_TOPICS, REQUEST_TOPICS
 from skuvid.metrics import COST_OUTCOMES, RENDER_OUTCOMES, STAGES, GpuClock, Metrics
@@ -175,24 +175,6 @@ async def test_aiokafka_lag_uses_committed_offsets_then_the_position():
     assert await aiokafka_lag(consumer) == {("video.requested", 0): 5, ("video.requested.hot", 1): 2}
     consumer.tps = set()
     assert await aiokafka_lag(consumer) == {}
-
-
-async def test_faust_lag_counts_only_source_topics():
-    committed = {TP("product.created", 0): 90}
-
-    class FaustConsumer:
-        def assignment(self):
-            return {TP("product.created", 0), TP("product.updated", 2), TP("skuvid-planner-catalog-changelog", 0)}
-
-        async def highwaters(self, *tps):
-            return {tp: 100 for tp in tps}
-
-        async def position(self, tp):
-            return 99
-
-    app = types.SimpleNamespace(consumer=FaustConsumer(), monitor=types.SimpleNamespace(tp_committed_offsets=committed))
-    lags = await faust_lag(app, ["product.created", "product.updated", "promo.started"])
-    assert lags == {("product.created", 0): 10, ("product.updated", 2): 1}
 
 
 async def test_report_lag_keeps_going_after_a_failed_measure():

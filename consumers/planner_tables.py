@@ -1,0 +1,303 @@
+"""The planner's tables: one key/value store per (table, catalog partition), each rebuilt from its changelog.
+
+A table (``catalog``, ``planned``, ``held``) is a compacted changelog topic ``<group>-<table>-changelog``,
+partitioned like the catalog, plus a local store per partition this planner owns: RocksDB under the data
+folder (``Settings.planner_store``; a restart reads only the changelog written since) or a dict (tests).
+Keys and values are JSON bytes (orjson, as faust-streaming's ``json`` codec wrote them), and each RocksDB
+database keeps the offset of the last changelog record it holds under faust-streaming's offset key, in its
+layout (``v1/tables/<table>-<partition>.db``): data folders and changelogs of the faust planner stay valid.
+
+``PlannerTables.partition`` is the catalog partition the planner is handling; a ``Table`` reads and writes
+that partition, and every write also appends its changelog record to the outbox (sent with the outputs). Writes
+are kept in memory (reads see them) until the broker has acknowledged their changelog records; ``write()`` then
+puts them, with the offset of the last acknowledged changelog record, into the store in one atomic RocksDB
+write. So a store never holds what its changelog lacks, and whatever stops the process (SIGKILL, OOM, an
+undelivered output), the database on disk is a prefix of the changelog with its own offset: a restart reads
+only the changelog after it. ``recover`` brings newly assigned partitions' stores up to their changelogs' end,
+reading them with a plain aiokafka consumer (no group), one atomic write per fetched batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from skuvid.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TABLES = ("catalog", "planned", "held")
+OFFSET_KEY = b"__faust\0offset__"  # faust-streaming's key for a database's changelog offset (not valid JSON)
+RECOVERY_FETCH_RECORDS = 10_000
+
+
+def encode(value: Any) -> bytes:
+    """A table key or value as stored and sent on the changelog (faust's ``json`` codec with orjson)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z)
+
+
+def changelog_topic(group: str, table: str) -> str:
+    return f"{group}-{table}-changelog"
+
+
+class PartitionStore(Protocol):
+    """One table partition's local bytes, and the offset of the last changelog record applied."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+    def items(self) -> Iterator[tuple[bytes, bytes]]: ...
+    def apply(self, records: Iterable[tuple[bytes, bytes | None]], offset: int) -> None: ...
+    def offset(self) -> int | None: ...
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """A dict: rebuilt from the whole changelog whenever the process starts."""
+
+    def __init__(self) -> None:
+        self._data: dict[bytes, bytes] = {}
+        self._offset: int | None = None
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._data.get(key)
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(list(self._data.items()))
+
+    def apply(self, records: Iterable[tuple[bytes, bytes | None]], offset: int) -> None:
+        for key, value in records:
+            if value is None:
+                self._data.pop(key, None)
+            else:
+                self._data[key] = value
+        self._offset = offset
+
+    def offset(self) -> int | None:
+        return self._offset
+
+    def close(self) -> None:
+        pass
+
+
+class RocksStore:
+    """A RocksDB database (``rocksdict``, raw bytes) with its changelog offset under ``OFFSET_KEY``."""
+
+    def __init__(self, path: Path, cache_mb: int) -> None:
+        import rocksdict  # noqa: PLC0415 - only the planner on RocksDB needs it
+
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_write_buffer_size(16 << 20)
+        options.set_max_write_buffer_number(2)
+        table = rocksdict.BlockBasedOptions()
+        table.set_block_cache(rocksdict.Cache(cache_mb << 20))
+        table.set_bloom_filter(3, True)
+        options.set_block_based_table_factory(table)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._rocksdict = rocksdict
+        self._db = rocksdict.Rdict(str(path), options=options)
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._db.get(key)
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every entry but the offset, through one consistent iterator."""
+        for key, value in self._db.items():
+            if key != OFFSET_KEY and value is not None:
+                yield key, value
+
+    def apply(self, records: Iterable[tuple[bytes, bytes | None]], offset: int) -> None:
+        batch = self._rocksdict.WriteBatch(raw_mode=True)
+        for key, value in records:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        batch.put(OFFSET_KEY, str(offset).encode())
+        self._db.write(batch)
+
+    def offset(self) -> int | None:
+        raw = self._db.get(OFFSET_KEY)
+        return None if raw is None else int(raw)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+Layer = dict[tuple[str, int], dict[bytes, bytes | None]]  # (table, partition) -> key -> value (None: deleted)
+
+
+class PlannerTables:
+    """The planner's three tables over the partitions it owns; ``partition`` is the one being handled.
+
+    Writes go into the open layer (``append(topic, key, value, partition)`` sends each one's changelog record:
+    the outbox's ``append``). ``seal()`` closes the open layer, when the records of a batch have been handed to
+    the producer; once they are acknowledged, ``write(layer, offsets)`` puts it into the stores. Reads see the
+    open layer, then the sealed ones (newest first), then the store: a batch reads what the batches before it
+    wrote while their acknowledgements are still on the way."""
+
+    def __init__(self, settings: Settings, append: Callable[[str, bytes, bytes | None, int], None]) -> None:
+        self.settings = settings
+        self.append = append
+        self.partition: int | None = None
+        self._stores: dict[tuple[str, int], PartitionStore] = {}
+        self._open: Layer = {}
+        self._sealed: list[Layer] = []  # oldest first
+        self.tables = {name: Table(self, name, changelog_topic(settings.planner_group, name)) for name in TABLES}
+        self._table_of = {table.topic: name for name, table in self.tables.items()}
+
+    @property
+    def folder(self) -> Path:
+        return planner_datadir(self.settings) / "v1" / "tables"
+
+    def store(self, table: str, partition: int) -> PartitionStore:
+        try:
+            return self._stores[(table, partition)]
+        except KeyError:
+            raise KeyError(f"table {table} partition {partition} is not assigned to this planner") from None
+
+    def owned(self) -> set[int]:
+        return {partition for _, partition in self._stores}
+
+    def open(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            for table in TABLES:
+                if (table, partition) not in self._stores:
+                    self._stores[(table, partition)] = self._open_store(table, partition)
+
+    def close(self, partitions: Iterable[int] | None = None) -> None:
+        """Close the stores of ``partitions`` (all when None); their data stays on disk, writes not yet put
+        into them are dropped (their next owner reads the changelog)."""
+        wanted = set(self.owned() if partitions is None else partitions)
+        for key in [k for k in self._stores if k[1] in wanted]:
+            self._stores.pop(key).close()
+            for layer in (self._open, *self._sealed):
+                layer.pop(key, None)
+
+    def _open_store(self, table: str, partition: int) -> PartitionStore:
+        if self.settings.planner_store == "memory":
+            return MemoryStore()
+        return RocksStore(self.folder / f"{table}-{partition}.db", self.settings.planner_rocksdb_cache_mb)
+
+    def seal(self) -> Layer:
+        """Close the open layer (its changelog records were handed to the producer) and open a new one."""
+        layer, self._open = self._open, {}
+        self._sealed.append(layer)
+        return layer
+
+    def write(self, layer: Layer, acknowledged: dict[tuple[str, int], int]) -> None:
+        """Put the oldest sealed ``layer`` into the stores, each store with the offset of its changelog's last
+        acknowledged record (``acknowledged``: (topic, partition) -> offset, as ``acknowledged`` gives it), in
+        one atomic write per store."""
+        if not self._sealed or self._sealed[0] is not layer:
+            raise RuntimeError("table layers must be written in the order they were sealed")
+        self._sealed.pop(0)
+        offsets = {(self._table_of[topic], partition): offset for (topic, partition), offset in acknowledged.items()
+                   if topic in self._table_of}
+        for key in set(layer) | set(offsets):
+            store = self._stores.get(key)
+            if store is None:
+                continue  # closed: revoked, its next owner reads the changelog
+            if key not in offsets:
+                raise RuntimeError(f"table {key[0]} partition {key[1]}: writes whose changelog was not acknowledged")
+            store.apply(layer.get(key, {}).items(), offsets[key])
+
+    def _lookup(self, table: str, partition: int, key: bytes) -> bytes | None:
+        slot = (table, partition)
+        for layer in (self._open, *reversed(self._sealed)):
+            written = layer.get(slot)
+            if written is not None and key in written:
+                return written[key]
+        return self.store(table, partition).get(key)
+
+    def _put(self, table: str, partition: int, key: bytes, value: bytes | None) -> None:
+        self.store(table, partition)  # assigned, or KeyError
+        # Copies: orjson's bytes keep their whole output buffer (4 KiB for a 70-byte request key); a promo
+        # over 100,000 products holds as many writes until their batch is acknowledged.
+        value = None if value is None else bytes(memoryview(value))
+        self._open.setdefault((table, partition), {})[bytes(memoryview(key))] = value
+        self.append(changelog_topic(self.settings.planner_group, table), key, value, partition)
+
+    def _written(self, table: str, partition: int) -> dict[bytes, bytes | None]:
+        """Every write of one table partition not yet in its store, the newest of each key."""
+        merged: dict[bytes, bytes | None] = {}
+        for layer in (*self._sealed, self._open):
+            merged.update(layer.get((table, partition), {}))
+        return merged
+
+    async def recover(self, reader: AIOKafkaConsumer, partitions: Iterable[int]) -> int:
+        """Apply each changelog partition of ``partitions`` from after its store's offset to its end; returns
+        the number of records applied. ``reader`` is a started consumer without a group."""
+        stores = {TopicPartition(changelog_topic(self.settings.planner_group, table), partition): (table, partition)
+                  for partition in partitions for table in TABLES}
+        if not stores:
+            return 0
+        ends = await reader.end_offsets(list(stores))
+        todo: dict[TopicPartition, int] = {}
+        for tp, end in ends.items():
+            start = self.store(*stores[tp]).offset()
+            start = 0 if start is None else start + 1
+            if start < end:
+                todo[tp] = start
+        applied = 0
+        reader.assign(list(todo))
+        for tp, start in todo.items():
+            reader.seek(tp, start)
+        while todo:
+            fetched = await reader.getmany(*todo, timeout_ms=1000, max_records=RECOVERY_FETCH_RECORDS)
+            for tp, records in fetched.items():
+                if records:
+                    self.store(*stores[tp]).apply(((r.key, r.value) for r in records), records[-1].offset)
+                    applied += len(records)
+            for tp in list(todo):
+                if await reader.position(tp) >= ends[tp]:
+                    del todo[tp]
+        reader.assign([])
+        return applied
+
+
+class Table:
+    """One table as the mapping ``PlannerFlow`` uses, over the partition ``PlannerTables.partition`` names."""
+
+    def __init__(self, tables: PlannerTables, name: str, topic: str) -> None:
+        self._tables = tables
+        self.name = name
+        self.topic = topic
+
+    def _partition(self) -> int:
+        partition = self._tables.partition
+        if partition is None:
+            raise RuntimeError(f"table {self.name} used outside of a catalog partition's record")
+        return partition
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        raw = self._tables._lookup(self.name, self._partition(), encode(key))
+        return default if raw is None else orjson.loads(raw)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._tables._put(self.name, self._partition(), encode(key), encode(value))
+
+    def __delitem__(self, key: Any) -> None:
+        self._tables._put(self.name, self._partition(), encode(key), None)
+
+    def partition_items(self, partition: int) -> Iterator[tuple[Any, Any]]:
+        """(key, value) of every entry of one partition this planner owns, writes not yet stored included."""
+        pending = self._tables._written(self.name, partition)
+        for key, value in self._tables.store(self.name, partition).items():
+            if key not in pending:
+                yield orjson.loads(key), orjson.loads(value)
+        for key, value in pending.items():
+            if value is not None:
+                yield orjson.loads(key), orjson.loads(value)
+
+
+# --- the data folder ------------------------------------------------------------------------------------
+
+
+def planner_datadir(settings: Settings) -> Path:
+    """The data folder of this planner group (two planner groups never share, or misread, a table)."""
+    return settings.planner_data_dir / settings.planner_group

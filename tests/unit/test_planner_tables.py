@@ -1,0 +1,103 @@
+"""The planner's tables without a broker: writes kept in layers until their changelog is acknowledged, reads
+through the layers, the store written in seal order with the changelog offset, on RocksDB and in memory."""
+
+from __future__ import annotations
+
+import pytest
+
+from consumers.planner_tables import OFFSET_KEY, PlannerTables, RocksStore, encode
+from skuvid.settings import Settings
+
+GROUP = "planner-t"
+CATALOG, PLANNED = f"{GROUP}-catalog-changelog", f"{GROUP}-planned-changelog"
+
+
+@pytest.fixture(params=["memory", "rocksdb"])
+def tables(request, tmp_path):
+    sent: list[tuple[str, bytes, bytes | None, int]] = []
+    settings = Settings(planner_group=GROUP, planner_store=request.param, planner_data_dir=tmp_path)
+    t = PlannerTables(settings, lambda topic, key, value, p: sent.append((topic, key, value, p)))
+    t.open([0, 1])
+    yield t, sent
+    t.close()
+
+
+def test_a_write_is_read_back_at_once_and_sent_to_its_changelog_partition(tables):
+    t, sent = tables
+    catalog = t.tables["catalog"]
+    t.partition = 1
+    catalog["SKU-1"] = {"sku": "SKU-1", "title": "降噪"}
+    assert catalog.get("SKU-1") == {"sku": "SKU-1", "title": "降噪"}
+    del catalog["SKU-1"]
+    assert catalog.get("SKU-1", "gone") == "gone"
+    assert sent == [(CATALOG, encode("SKU-1"), encode({"sku": "SKU-1", "title": "降噪"}), 1),
+                    (CATALOG, encode("SKU-1"), None, 1)]
+    t.partition = 0
+    assert catalog.get("SKU-1") is None  # another partition's store
+
+
+def test_the_store_gets_a_layer_only_with_its_acknowledged_offset_and_in_seal_order(tables):
+    t, _ = tables
+    planned = t.tables["planned"]
+    t.partition = 0
+    planned["a|daily"] = "k1"
+    first = t.seal()
+    planned["a|daily"] = "k2"
+    planned["b|daily"] = "k3"
+    second = t.seal()
+    store = t.store("planned", 0)
+    assert store.get(encode("a|daily")) is None and store.offset() is None
+    assert planned.get("a|daily") == "k2"  # the newest layer wins
+    with pytest.raises(RuntimeError, match="order"):
+        t.write(second, {(PLANNED, 0): 2})
+    with pytest.raises(RuntimeError, match="not acknowledged"):
+        t.write(first, {})
+    assert store.get(encode("a|daily")) is None and store.offset() is None
+
+
+def test_written_layers_reach_the_store_with_their_offsets(tables):
+    t, _ = tables
+    planned = t.tables["planned"]
+    t.partition = 0
+    planned["a|daily"] = "k1"
+    first = t.seal()
+    planned["a|daily"] = "k2"
+    second = t.seal()
+    t.write(first, {(PLANNED, 0): 10, ("video.requested", 3): 99})
+    store = t.store("planned", 0)
+    assert (store.get(encode("a|daily")), store.offset()) == (encode("k1"), 10)
+    assert planned.get("a|daily") == "k2"
+    t.write(second, {(PLANNED, 0): 11})
+    assert (store.get(encode("a|daily")), store.offset()) == (encode("k2"), 11)
+
+
+def test_a_partition_scan_sees_writes_not_yet_stored(tables):
+    t, _ = tables
+    catalog = t.tables["catalog"]
+    t.partition = 1
+    catalog["old"] = {"v": 1}
+    catalog["changed"] = {"v": 1}
+    t.write(t.seal(), {(CATALOG, 1): 1})
+    catalog["changed"] = {"v": 2}
+    catalog["new"] = {"v": 3}
+    del catalog["old"]
+    assert dict(catalog.partition_items(1)) == {"changed": {"v": 2}, "new": {"v": 3}}
+
+
+def test_unassigned_partitions_are_refused(tables):
+    t, _ = tables
+    t.partition = 5
+    with pytest.raises(KeyError, match="not assigned"):
+        t.tables["catalog"]["SKU-9"] = {}
+    t.partition = None
+    with pytest.raises(RuntimeError, match="outside"):
+        t.tables["catalog"].get("SKU-9")
+
+
+def test_rocksdb_keeps_data_and_offset_across_reopening(tmp_path):
+    store = RocksStore(tmp_path / "catalog-0.db", cache_mb=1)
+    store.apply([(b'"a"', b"1"), (b'"b"', b"2"), (b'"a"', None)], offset=41)
+    store.close()
+    again = RocksStore(tmp_path / "catalog-0.db", cache_mb=1)
+    assert (list(again.items()), again.offset(), again.get(OFFSET_KEY)) == ([(b'"b"', b"2")], 41, b"41")
+    again.close()
