@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka.partitioner import DefaultPartitioner, murmur2
 from pydantic import BaseModel
 
 from consumers.outcomes import failed_event
@@ -69,6 +68,7 @@ from skuvid.brokers import BrokerError, ensure_topics
 from skuvid.errors import FatalError, SkuvidError
 from skuvid.kafka_clients import bootstrap_list, security_options
 from skuvid.metrics import Metrics
+from skuvid.partitioning import partition_for
 from skuvid.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,7 @@ class CoalesceTick(BaseModel):
 
 def owns(sku: str, partition: int) -> bool:
     """Whether ``sku``'s records land in ``partition`` (Kafka's default murmur2 partitioner)."""
-    parts = list(range(CATALOG_PARTITIONS))
-    return DefaultPartitioner()(sku.encode(), parts, parts) == partition
+    return partition_for(sku.encode(), CATALOG_PARTITIONS) == partition
 
 
 def category_keys(engine: PromptEngine, category: str) -> set[str]:
@@ -391,7 +390,7 @@ class Outbox:
         count = self._partitions[topic]
         if key is None:
             return random.randrange(count)
-        return (murmur2(key) & 0x7FFFFFFF) % count
+        return partition_for(key, count)
 
     def append(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
                partition: int | None = None) -> None:

@@ -10,6 +10,8 @@ from datetime import timedelta
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from consumers.planner import (
     CATALOG_PARTITIONS,
@@ -273,3 +275,12 @@ def test_canonical_prompt_json_is_the_json_modules(overlays):
            "template_version": 2, "overlays": overlays}
     expected = json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     assert _canonical_json(doc) == expected.encode("utf-8", "surrogatepass")
+
+
+@given(st.binary(max_size=80))
+def test_murmur2_is_kafkas(key):
+    from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+
+    from skuvid.partitioning import murmur2
+
+    assert murmur2(key) == aiokafka_murmur2(key)
