@@ -3,7 +3,7 @@
 Throughput (default): rounds of ``n`` distinct ``product.created`` records, alternating (ABBA) between
 - raw: an aiokafka consumer → orjson parse → aiokafka producer relay (the floor any Python consumer pays),
   on scratch topics with the same partition count;
-- planner: the real ``skuvid serve --role planner`` process (faust, RocksDB tables, prompt engine, request
+- planner: the real ``skuvid serve --role planner`` process (aiokafka, RocksDB tables, prompt engine, request
   keys, ``video.requested`` + ``video.planned``), render policy eager (every product is sent to a lane).
 Each figure is records per second from the first input produced to the last output seen; acks=all both ways.
 ``planner_vs_raw`` is the median over rounds of each round's ratio (raw and planner measured back to back).
@@ -22,7 +22,8 @@ The changelogs are written directly (the planner's own key/value bytes and parti
 request key per SKU), which is what a planner that had planned N products leaves behind, minus the hours.
 
 ``python -m bench.planner [-n N] [--rounds R]`` / ``python -m bench.planner --recovery --skus N
-[--store rocksdb|memory]``; ``skuvid bench planner --json`` runs the throughput benchmark. Needs the JDK and
+[--store rocksdb|memory]`` / ``python -m bench.planner --before DIR [--before-ready LINE]`` (an older checkout's
+planner against this one, ABBA); ``skuvid bench planner --json`` runs the throughput benchmark. Needs the JDK and
 Maven like the tests.
 """
 
@@ -146,15 +147,18 @@ def start_broker(work: Path) -> KafkaBroker:
 
 class PlannerProcess:
     """``skuvid serve --role planner`` with its log in a file; ``ready_s`` is process start → "planner ready"
-    (faust logs it once the tables are recovered)."""
+    (logged once the tables are recovered). ``tree``: run the planner of another checkout (``--before``), whose
+    log says ``ready_line`` when it is ready."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, *, tree: Path = REPO,
+                 ready_line: str = "planner ready") -> None:
         self.settings = settings
         self.log_path = log_path
+        self.ready_line = ready_line
         self._out = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._mark = log_path.stat().st_size
         self.started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "skuvid.cli", "serve", "--role", "planner"], cwd=REPO,
+        self.proc = subprocess.Popen([sys.executable, "-m", "skuvid.cli", "serve", "--role", "planner"], cwd=tree,
                                      env={**os.environ, **as_env(settings)}, stdout=self._out,
                                      stderr=subprocess.STDOUT)
         self.ready_s: float | None = None
@@ -164,7 +168,7 @@ class PlannerProcess:
 
     def wait_ready(self, timeout_s: float = 1800) -> float:
         deadline = time.monotonic() + timeout_s
-        while "planner ready" not in self.log():
+        while self.ready_line not in self.log():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"planner exited {self.proc.returncode}:\n{self.log()[-3000:]}")
             if time.monotonic() > deadline:
@@ -316,6 +320,38 @@ def run(n: int = 3000, rounds: int = 4) -> dict:
         "load_average_after": load_average(),
         "cpus": os.cpu_count(),
     }
+
+
+def run_before_after(before: Path, ready_line: str, n: int = 3000, rounds: int = 4) -> dict:
+    """The planner of another checkout (``before``: e.g. ``git archive <commit> | tar -x -C DIR``; its log says
+    ``ready_line`` when ready) against this tree's, alternating (ABBA) on one broker, each right after a raw relay
+    round; a fresh planner group per round."""
+    load_before = load_average()
+    sides = {"before": (before, ready_line), "after": (REPO, "planner ready")}
+    per_round = []
+    with tempfile.TemporaryDirectory(prefix="skuvid-bench-planner-") as tmp:
+        work = Path(tmp)
+        with start_broker(work) as broker:
+            asyncio.run(warm_up(broker.bootstrap, [RAW_IN, RAW_OUT, *(t.name for t in REQUEST_TOPICS)]))
+            for r in range(rounds):
+                for side in ("before", "after") if r % 2 == 0 else ("after", "before"):
+                    tree, ready = sides[side]
+                    settings = planner_settings(broker.bootstrap, work, f"planner-{side}-{r}")
+                    planner = PlannerProcess(settings, work / f"{side}.log", tree=tree, ready_line=ready)
+                    try:
+                        planner.wait_ready(300)
+                        measure_planner(broker.bootstrap, 500)  # warm-up (and the earlier rounds' products)
+                        raw, plan = measure_raw(broker.bootstrap, n), measure_planner(broker.bootstrap, n)
+                        rss = planner.rss_mb()
+                    finally:
+                        planner.stop()
+                    per_round.append({"round": r, "side": side, "raw_per_s": round(raw), "planner_per_s": round(plan),
+                                      "ratio": round(plan / raw, 3), "rss_mb": rss})
+    summary = {side: {key: statistics.median(row[key] for row in per_round if row["side"] == side)
+                      for key in ("planner_per_s", "raw_per_s", "ratio")} for side in sides}
+    return {"bench": "planner-before-after", "date": datetime.now(UTC).date().isoformat(), "n": n,
+            "before_tree": str(before), "rounds": per_round, **summary,
+            "load_average_before": load_before, "load_average_after": load_average(), "cpus": os.cpu_count()}
 
 
 # --- recovery -------------------------------------------------------------------------------------------
@@ -470,8 +506,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recovery", action="store_true", help="the recovery benchmark instead")
     parser.add_argument("--skus", type=int, default=1_000_000, help="catalog size of the recovery benchmark")
     parser.add_argument("--store", choices=("rocksdb", "memory"), default="rocksdb")
+    parser.add_argument("--before", type=Path, help="a checkout of an older planner to measure against this one")
+    parser.add_argument("--before-ready", default="planner ready", help="what the older planner logs when ready")
     args = parser.parse_args(argv)
-    result = run_recovery(args.skus, args.store) if args.recovery else run(args.n, args.rounds)
+    if args.recovery:
+        result = run_recovery(args.skus, args.store)
+    elif args.before:
+        result = run_before_after(args.before, args.before_ready, args.n, args.rounds)
+    else:
+        result = run(args.n, args.rounds)
     print(orjson.dumps(result).decode())
     return 0
 

@@ -136,7 +136,7 @@ def planned_event(request: VideoRequested, *, dispatched: bool) -> VideoPlanned:
 
 
 def fanout_topic(settings: Settings) -> str:
-    """The internal promo fan-out topic of this planner group (one per group, like faust's changelogs)."""
+    """The internal promo fan-out topic of this planner group (one per group, like the tables' changelogs)."""
     return f"{settings.planner_group}-promo-fanout"
 
 
@@ -152,8 +152,8 @@ def changelog_topics(settings: Settings) -> list[str]:
 
 def ensure_planner_topics(settings: Settings) -> None:
     """Create (or verify) every topic the planner reads or writes — inputs, outputs, its changelogs and its
-    internal topics, with their partition counts — before any agent starts: faust otherwise meets a missing
-    changelog on its first assignment and fails writes with ``PartitionsMismatch``. Raises ``FatalError``
+    internal topics, with their partition counts — before the planner joins its group: a table partition
+    writes to, and recovers from, its changelog partition of the same number. Raises ``FatalError``
     when a topic exists with another partition count or cannot be created."""
     outputs = (*REQUEST_TOPICS, VIDEO_FAILED, DEAD_LETTER, VIDEO_PLANNED)
     wanted = {t.name: t.partitions for t in (*INPUT_TOPICS, *outputs)}
@@ -169,8 +169,8 @@ def ensure_planner_topics(settings: Settings) -> None:
 
 
 class Coalescer:
-    """When each SKU variant was last sent to a render lane (the update-storm window), shared by every agent of
-    a planner: slot -> (when, request key) for the last ``window_s`` seconds, by ``clock`` (epoch seconds).
+    """When each SKU variant was last sent to a render lane (the update-storm window), one per
+    planner: slot -> (when, request key) for the last ``window_s`` seconds, by ``clock`` (epoch seconds).
 
     Memory only: after a restart the first plan of a slot is sent at once again — one more video at most,
     never one less (held plans and their ticks are in the ``held`` table and on the tick topic)."""
@@ -202,12 +202,12 @@ class Coalescer:
 
 class PlannerFlow:
     """The planner's decisions over its tables (``catalog``: sku -> snapshot JSON, ``planned``: sku|variant ->
-    request key, ``held``: sku|variant -> request JSON), free of faust: the agents call it with faust tables,
-    tests with dicts.
+    request key, ``held``: sku|variant -> request JSON), free of Kafka: the service calls it with its tables
+    (``consumers.planner_tables``), tests with dicts.
 
     ``coalescer`` (or ``coalesce_s`` > 0 and ``clock``: one of its own) turns on the update-storm window (module
     doc); ``tick_topic`` is the topic its ticks go to. ``checkpoint`` is awaited every ``SCAN_CHECKPOINT_EVERY``
-    products of a category scan (the agent hands outputs to the producer there and lets the event loop run)."""
+    products of a category scan (the service hands outputs to the producer there and lets the event loop run)."""
 
     def __init__(self, planner: Planner, engine: PromptEngine, catalog: MutableMapping, planned: MutableMapping,
                  send: Send, metrics: Metrics, render_policy: str = "eager", *,
@@ -274,7 +274,7 @@ class PlannerFlow:
 
     async def on_tick(self, tick: CoalesceTick) -> None:
         """Send the newest plan held for ``tick.slot``, unless none is held any more or the slot was sent less
-        than a window ago (then the tick of the newest held plan, due later, sends it). The agent has waited
+        than a window ago (then the tick of the newest held plan, due later, sends it). The service has waited
         until ``tick.due``."""
         stored = self.held.get(tick.slot)
         if not stored or (self.coalescer is not None and self.coalescer.last_sent(tick.slot) is not None):
@@ -483,7 +483,7 @@ class RecordEncoder:
 
 
 def exit_undelivered(topic: str, partition: int, exc: BaseException) -> None:
-    """A planner output the broker never acknowledged: exit now, in this callback, before faust can commit
+    """A planner output the broker never acknowledged: exit now, in this callback, before the planner can commit
     an offset past it; the restarted planner plans the uncommitted input again (at-least-once)."""
     log.critical("planner output to %s[%d] was not acknowledged (%r): exiting so the input is planned again",
                  topic, partition, exc)

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 TABLES = ("catalog", "planned", "held")
 OFFSET_KEY = b"__faust\0offset__"  # faust-streaming's key for a database's changelog offset (not valid JSON)
 RECOVERY_FETCH_RECORDS = 10_000
+RECOVERY_IDLE_FETCHES = 10  # empty fetches in a row (a second each) before a changelog counts as read
 
 
 def encode(value: Any) -> bytes:
@@ -247,14 +248,22 @@ class PlannerTables:
         reader.assign(list(todo))
         for tp, start in todo.items():
             reader.seek(tp, start)
+        idle = dict.fromkeys(todo, 0)
         while todo:
             fetched = await reader.getmany(*todo, timeout_ms=1000, max_records=RECOVERY_FETCH_RECORDS)
             for tp, records in fetched.items():
                 if records:
                     self.store(*stores[tp]).apply(((r.key, r.value) for r in records), records[-1].offset)
                     applied += len(records)
+                    idle[tp] = 0
             for tp in list(todo):
-                if await reader.position(tp) >= ends[tp]:
+                position = await reader.position(tp)
+                idle[tp] += not fetched.get(tp)
+                if position >= ends[tp]:
+                    del todo[tp]
+                elif idle[tp] >= RECOVERY_IDLE_FETCHES:  # a broker whose end offset no record reaches
+                    log.warning("changelog %s[%d]: nothing after offset %d although its end is %d; recovered so far",
+                                tp.topic, tp.partition, position, ends[tp])
                     del todo[tp]
         reader.assign([])
         return applied

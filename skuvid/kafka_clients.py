@@ -1,6 +1,6 @@
 """The one place that turns ``Settings`` into Kafka connection options, for every client skuvid creates.
 
-The publisher's producer, the renderer's consumer, the admin clients and the planner's faust app must all
+The publisher's producer, the renderer's consumer, the admin clients, the planner's clients and the experiment agent's faust app must all
 connect the same way: a security setting added here reaches each of them, and a client built elsewhere
 cannot silently fall back to PLAINTEXT. ``check_kafka_access`` is the preflight a service runs first, because
 aiokafka never raises *why* it could not connect: a wrong password or an untrusted CA only shows in its log as
@@ -145,7 +145,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
     hands the mechanism (SCRAM included), username, password and context to every consumer, producer and
     topic-creating client it builds. ``SASLCredentials``'s repr shows only the username.
     """
-    import faust  # noqa: PLC0415  # only the planner needs faust: the renderer and `emit` do not import it
+    import faust  # noqa: PLC0415  # only the experiment agent needs faust
 
     options: dict[str, Any] = {"broker": [f"kafka://{server}" for server in bootstrap_list(settings)]}
     protocol = settings.kafka_security_protocol

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     kafka_one_record_batches: bool = Field(
         default=False,
         description="Planner sends one record per batch: needed on tansu, whose end offsets are wrong for "
-        "multi-record batches (faust would recover its tables short).",
+        "multi-record batches (the planner would recover its tables short).",
     )
     planner_group: str = "skuvid-planner"
     renderer_group: str = "skuvid-renderer"

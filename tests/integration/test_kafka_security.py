@@ -32,7 +32,7 @@ from tests.integration.conftest import SecureKafka
 from tests.integration.harness import Service, read_until, run, service_settings
 
 FAIL_WITHIN_S = 30.0
-PLANNER_WITHIN_S = 90.0  # a faust worker's start, rebalance and table recovery on a shared 2-core machine
+PLANNER_WITHIN_S = 90.0  # the planner's start, group join and table recovery on a shared 2-core machine
 CATALOG = REPO_ROOT / "tests" / "data" / "catalog.jsonl"
 
 
@@ -154,7 +154,7 @@ def test_serve_with_a_wrong_password_exits_non_zero_naming_the_cause(secure_kafk
 
 @pytest.mark.kafka
 def test_planner_plans_over_sasl_ssl(secure_kafka: SecureKafka, tmp_path: Path) -> None:
-    """faust (consumer, producer, its changelog and fan-out topic creation) through ``faust_options``."""
+    """The planner (group consumer, changelog reader, producer, topic creation) through ``security_options``."""
     settings = service_settings(secure_kafka.bootstrap, tmp_path, **secure_kafka.fields())
     event = _product("evt-security-planner")
     planner = Service("planner", settings, tmp_path)

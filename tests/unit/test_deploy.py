@@ -155,7 +155,7 @@ def test_deployments_run_a_real_cli_command_and_expose_the_metrics_port(deployme
 
 def test_planner_runs_two_replicas_in_one_stable_group():
     assert _one("Deployment", "skuvid-planner")["spec"]["replicas"] == 2
-    assert _configmap()["SKUVID_PLANNER_GROUP"], "the faust app id must be set explicitly, not per pod"
+    assert _configmap()["SKUVID_PLANNER_GROUP"], "the planner group must be set explicitly, not per pod"
 
 
 def test_renderer_gets_one_gpu_drains_a_render_and_mounts_the_model_read_only():
