@@ -148,6 +148,7 @@ class PlannerService:
         self._ticks: dict[TopicPartition, deque[tuple[int, CoalesceTick]]] = {}
         self._tick_added = asyncio.Event()
         self._ready_logged = False
+        self._broken: BaseException | None = None  # a rebalance step failed: the process must not go on
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self._reader: AIOKafkaConsumer | None = None
@@ -215,6 +216,8 @@ class PlannerService:
             finally:
                 timer.cancel()
                 lag.cancel()
+            if self._broken is not None:
+                raise self._broken
             async with self._lock:
                 await self._drain()
             clean = True
@@ -240,6 +243,8 @@ class PlannerService:
             stopping.cancel()
 
     async def _handle(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        if self._broken is not None:
+            raise self._broken
         owned = self.consumer.assignment() if self.consumer is not None else set()
         for tp, records in batch.items():
             if tp not in owned:
@@ -383,14 +388,20 @@ class PlannerService:
     # --- rebalancing -------------------------------------------------------------------------------------
 
     async def take(self, assigned: set[TopicPartition]) -> None:
-        """Newly assigned partitions: open and recover their tables before their first record is handled."""
+        """Newly assigned partitions: open and recover their tables before their first record is handled. A
+        failure here (aiokafka only logs what a listener raises) stops the planner before it handles a record
+        without its tables; the restarted process recovers them again."""
         self.readiness.set("group_joined", detail=f"{len(assigned)} partitions")
         partitions = _catalog_partitions(assigned)
         async with self._lock:
             started = time.monotonic()
-            self.tables.open(partitions)
-            assert self._reader is not None
-            applied = await self.tables.recover(self._reader, partitions)
+            try:
+                self.tables.open(partitions)
+                assert self._reader is not None
+                applied = await self.tables.recover(self._reader, partitions)
+            except Exception as exc:
+                self._break(f"recovering the tables of partitions {sorted(partitions)} failed", exc)
+                raise
         took = time.monotonic() - started
         self.readiness.set("tables_recovered", detail=f"{applied} changelog records in {took:.1f} s")
         log.info("tables of partitions %s recovered: %d changelog records in %.2f s", sorted(partitions), applied,
@@ -402,13 +413,23 @@ class PlannerService:
     async def release(self, revoked: set[TopicPartition]) -> None:
         """Partitions moving away: finish, acknowledge and commit their work, then forget them."""
         async with self._lock:
-            if self.consumer is not None and self.producer is not None:
-                await self._drain()
+            try:
+                if self.consumer is not None and self.producer is not None:
+                    await self._drain()
+            except Exception as exc:
+                self._break(f"handing over partitions {sorted(map(tuple, revoked))} failed", exc)
+                raise
             for tp in revoked:
                 self._ticks.pop(tp, None)
                 self._next.pop(tp, None)
                 self._sealed_at.pop(tp, None)
             self.tables.close(_catalog_partitions(revoked))
+
+    def _break(self, what: str, exc: BaseException) -> None:
+        log.critical("%s: stopping the planner (its uncommitted input is planned again after a restart)", what,
+                     exc_info=exc)
+        self._broken = exc
+        self.stop()
 
     async def _close(self, clean: bool) -> None:
         for client in (self.consumer, self._reader):

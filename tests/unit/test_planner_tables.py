@@ -101,3 +101,27 @@ def test_rocksdb_keeps_data_and_offset_across_reopening(tmp_path):
     again = RocksStore(tmp_path / "catalog-0.db", cache_mb=1)
     assert (list(again.items()), again.offset(), again.get(OFFSET_KEY)) == ([(b'"b"', b"2")], 41, b"41")
     again.close()
+
+
+async def test_a_failed_recovery_stops_the_planner_before_it_handles_a_record():
+    """aiokafka only logs what a rebalance listener raises: the planner must not go on without its tables."""
+    from aiokafka import TopicPartition
+    from aiokafka.errors import KafkaConnectionError
+
+    from consumers.planner_service import PlannerService
+    from inference.prompt import PromptEngine
+    from skuvid.metrics import Metrics
+
+    service = PlannerService(Settings(model="tiny", planner_store="memory"), PromptEngine.load(), Metrics())
+    service._wire()
+
+    class Reader:
+        async def end_offsets(self, tps):
+            raise KafkaConnectionError("the broker went away")
+
+    service._reader = Reader()
+    with pytest.raises(KafkaConnectionError):
+        await service.take({TopicPartition("product.created", 0)})
+    assert service._stopping.is_set() and not service.readiness.is_set("tables_recovered")
+    with pytest.raises(KafkaConnectionError):
+        await service._handle({TopicPartition("product.created", 0): []})
