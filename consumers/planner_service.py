@@ -6,9 +6,9 @@ numbers of every topic with the catalog's partition count, so the records of a S
 (``consumers.planner_tables``) are always on one member. Tables of newly assigned partitions are brought up
 to their changelogs' end before the first record of the new assignment is handed out.
 
-A fetched batch is handled record by record (``PlannerFlow``); its outputs and changelog records go into
-producer batches (``Outbox``), and only once the broker acknowledged all of them (acks=all) are the batch's
-offsets committed: at-least-once, as with faust, without its per-message delivery (a task, a future and
+A fetched batch is handled record by record (``PlannerFlow``); its outputs go into producer batches
+(``Outbox``); once the broker acknowledged them (acks=all) its tables' changelog records are sent, and once
+those are acknowledged too the batch's offsets are committed: at-least-once, as with faust, without its per-message delivery (a task, a future and
 bookkeeping per record), which cost as much CPU as planning does. An output that is never acknowledged ends
 the process (exit 1) before anything after it is committed.
 
@@ -79,7 +79,7 @@ from skuvid.settings import Settings
 log = logging.getLogger(__name__)
 
 READY_LINE = "planner ready"
-MAX_COMPLETIONS = 2  # batches handed to the producer whose acknowledgements and commit may still be on the way
+MAX_COMPLETIONS = 4  # batches handed to the producer whose acknowledgements, changelog and commit are on the way
 REBALANCE_TIMEOUT_MS = 120_000  # a member finishes its batch (a category scan at most) before the group moves on
 
 
@@ -163,9 +163,9 @@ class PlannerService:
         partitions = {t.name: t.partitions for t in (*REQUEST_TOPICS, VIDEO_FAILED, DEAD_LETTER, VIDEO_PLANNED)}
         partitions[fanout_topic(settings)] = partitions[coalesce_topic(settings)] = CATALOG_PARTITIONS
         self.box = Outbox(lambda: self.producer, partitions, exit_undelivered)
-        self.tables = PlannerTables(settings, lambda topic, key, value, p: self.box.append(topic, key, value, [], p))
-        for table in self.tables.tables.values():
-            partitions[table.topic] = CATALOG_PARTITIONS
+        self.tables = PlannerTables(settings)
+        changelogs = {table.topic: CATALOG_PARTITIONS for table in self.tables.tables.values()}
+        self.changelog_box = Outbox(lambda: self.producer, changelogs, exit_undelivered)  # sent by completions
         self.tick_topic = Topic(coalesce_topic(settings), CoalesceTick, CATALOG_PARTITIONS, "update-storm ticks")
         coalescer = Coalescer(settings.planner_coalesce_s) if settings.planner_coalesce_s > 0 else None
         self.send = self._sender()
@@ -258,10 +258,9 @@ class PlannerService:
         await self._seal()
 
     async def _seal(self) -> None:
-        """Hand this batch's outputs to the producer and start its completion: wait for the broker's
-        acknowledgement of all of them, put the tables' writes into their stores, then commit how far each
-        partition is done (a partition with kept ticks: up to its first kept tick). The next batch is handled
-        meanwhile; completions run in order, at most ``MAX_COMPLETIONS`` at a time."""
+        """Hand this batch's outputs to the producer and start its completion (``_complete``), which ends by
+        committing how far each partition is done (a partition with kept ticks: up to its first kept tick). The
+        next batch is handled meanwhile; completions run in order, at most ``MAX_COMPLETIONS`` at a time."""
         await self.box.flush()
         sent, layer = self.box.take_sent(), self.tables.seal()
         offsets = {}
@@ -279,9 +278,16 @@ class PlannerService:
 
     async def _complete(self, previous: asyncio.Task | None, sent: list[SentBatch], layer: Layer,
                         offsets: dict[TopicPartition, int]) -> None:
+        """Outputs acknowledged → the tables' changelog records sent and acknowledged → the layer into the
+        stores → the offsets committed. Changelogs after outputs: a changelog never says "planned" for a
+        request the broker does not have (a crash in between re-sends it: at least once)."""
         if previous is not None:
             await asyncio.shield(previous)  # in order (its failure ends the process through _seal)
-        written = await acknowledged(sent)
+        await acknowledged(sent)
+        for topic, partition, key, value in self.tables.changelog(layer):
+            self.changelog_box.append(topic, key, value, [], partition)
+        await self.changelog_box.flush()
+        written = await acknowledged(self.changelog_box.take_sent())
         self.tables.write(layer, written)  # the changelog has them now
         assert self.consumer is not None
         owned = self.consumer.assignment()

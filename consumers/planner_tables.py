@@ -8,19 +8,21 @@ database keeps the offset of the last changelog record it holds under faust-stre
 layout (``v1/tables/<table>-<partition>.db``): data folders and changelogs of the faust planner stay valid.
 
 ``PlannerTables.partition`` is the catalog partition the planner is handling; a ``Table`` reads and writes
-that partition, and every write also appends its changelog record to the outbox (sent with the outputs). Writes
-are kept in memory (reads see them) until the broker has acknowledged their changelog records; ``write()`` then
-puts them, with the offset of the last acknowledged changelog record, into the store in one atomic RocksDB
-write. So a store never holds what its changelog lacks, and whatever stops the process (SIGKILL, OOM, an
-undelivered output), the database on disk is a prefix of the changelog with its own offset: a restart reads
-only the changelog after it. ``recover`` brings newly assigned partitions' stores up to their changelogs' end,
-reading them with a plain aiokafka consumer (no group), one atomic write per fetched batch.
+that partition. Writes are kept in memory in layers (reads see them): a batch's layer is sealed when its outputs
+are handed to the producer, its changelog records (the newest value of each key written) are sent only once
+those outputs are acknowledged, and once the changelog records are acknowledged too, ``write()`` puts the layer
+into the store with the offset of its changelog's last record, in one atomic RocksDB write. So a changelog
+never says "planned" for a request the broker does not have, a store never holds what its changelog lacks,
+and whatever stops the process (SIGKILL, OOM, an undelivered output) the database on disk is a prefix of the
+changelog with its own offset: a restart reads only the changelog after it. ``recover`` brings newly
+assigned partitions' stores up to their changelogs' end, reading them with a plain aiokafka consumer (no
+group), one atomic write per fetched batch.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -135,15 +137,14 @@ Layer = dict[tuple[str, int], dict[bytes, bytes | None]]  # (table, partition) -
 class PlannerTables:
     """The planner's three tables over the partitions it owns; ``partition`` is the one being handled.
 
-    Writes go into the open layer (``append(topic, key, value, partition)`` sends each one's changelog record:
-    the outbox's ``append``). ``seal()`` closes the open layer, when the records of a batch have been handed to
-    the producer; once they are acknowledged, ``write(layer, offsets)`` puts it into the stores. Reads see the
-    open layer, then the sealed ones (newest first), then the store: a batch reads what the batches before it
-    wrote while their acknowledgements are still on the way."""
+    Writes go into the open layer; ``seal()`` closes it when the batch's outputs have been handed to the
+    producer; ``changelog(layer)`` is what to send for it once they are acknowledged, and ``write(layer,
+    offsets)`` puts it into the stores once that is acknowledged. Reads see the open layer, then the sealed ones
+    (newest first), then the store: a batch reads what the batches before it wrote while their
+    acknowledgements are still on the way."""
 
-    def __init__(self, settings: Settings, append: Callable[[str, bytes, bytes | None, int], None]) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.append = append
         self.partition: int | None = None
         self._stores: dict[tuple[str, int], PartitionStore] = {}
         self._open: Layer = {}
@@ -221,7 +222,13 @@ class PlannerTables:
         # over 100,000 products holds as many writes until their batch is acknowledged.
         value = None if value is None else bytes(memoryview(value))
         self._open.setdefault((table, partition), {})[bytes(memoryview(key))] = value
-        self.append(changelog_topic(self.settings.planner_group, table), key, value, partition)
+
+    def changelog(self, layer: Layer) -> list[tuple[str, int, bytes, bytes | None]]:
+        """(topic, partition, key, value) of the changelog records of ``layer``: the newest value of each key it
+        wrote (a delete is a tombstone), partition by partition."""
+        group = self.settings.planner_group
+        return [(changelog_topic(group, table), partition, key, value)
+                for (table, partition), written in layer.items() for key, value in written.items()]
 
     def _written(self, table: str, partition: int) -> dict[bytes, bytes | None]:
         """Every write of one table partition not yet in its store, the newest of each key."""

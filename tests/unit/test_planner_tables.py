@@ -14,30 +14,34 @@ CATALOG, PLANNED = f"{GROUP}-catalog-changelog", f"{GROUP}-planned-changelog"
 
 @pytest.fixture(params=["memory", "rocksdb"])
 def tables(request, tmp_path):
-    sent: list[tuple[str, bytes, bytes | None, int]] = []
     settings = Settings(planner_group=GROUP, planner_store=request.param, planner_data_dir=tmp_path)
-    t = PlannerTables(settings, lambda topic, key, value, p: sent.append((topic, key, value, p)))
+    t = PlannerTables(settings)
     t.open([0, 1])
-    yield t, sent
+    yield t
     t.close()
 
 
-def test_a_write_is_read_back_at_once_and_sent_to_its_changelog_partition(tables):
-    t, sent = tables
-    catalog = t.tables["catalog"]
+def test_a_write_is_read_back_at_once_and_its_layer_sends_the_newest_value_of_each_key(tables):
+    t = tables
+    catalog, planned = t.tables["catalog"], t.tables["planned"]
     t.partition = 1
     catalog["SKU-1"] = {"sku": "SKU-1", "title": "降噪"}
     assert catalog.get("SKU-1") == {"sku": "SKU-1", "title": "降噪"}
     del catalog["SKU-1"]
     assert catalog.get("SKU-1", "gone") == "gone"
-    assert sent == [(CATALOG, encode("SKU-1"), encode({"sku": "SKU-1", "title": "降噪"}), 1),
-                    (CATALOG, encode("SKU-1"), None, 1)]
+    catalog["SKU-2"] = {"sku": "SKU-2"}
+    planned["SKU-2|daily-a"] = "k1"
+    planned["SKU-2|daily-a"] = "k2"
     t.partition = 0
-    assert catalog.get("SKU-1") is None  # another partition's store
+    assert catalog.get("SKU-2") is None  # another partition's store
+    assert sorted(t.changelog(t.seal()), key=repr) == sorted([
+        (CATALOG, 1, encode("SKU-1"), None), (CATALOG, 1, encode("SKU-2"), encode({"sku": "SKU-2"})),
+        (PLANNED, 1, encode("SKU-2|daily-a"), encode("k2")),
+    ], key=repr)
 
 
 def test_the_store_gets_a_layer_only_with_its_acknowledged_offset_and_in_seal_order(tables):
-    t, _ = tables
+    t = tables
     planned = t.tables["planned"]
     t.partition = 0
     planned["a|daily"] = "k1"
@@ -56,7 +60,7 @@ def test_the_store_gets_a_layer_only_with_its_acknowledged_offset_and_in_seal_or
 
 
 def test_written_layers_reach_the_store_with_their_offsets(tables):
-    t, _ = tables
+    t = tables
     planned = t.tables["planned"]
     t.partition = 0
     planned["a|daily"] = "k1"
@@ -72,7 +76,7 @@ def test_written_layers_reach_the_store_with_their_offsets(tables):
 
 
 def test_a_partition_scan_sees_writes_not_yet_stored(tables):
-    t, _ = tables
+    t = tables
     catalog = t.tables["catalog"]
     t.partition = 1
     catalog["old"] = {"v": 1}
@@ -85,7 +89,7 @@ def test_a_partition_scan_sees_writes_not_yet_stored(tables):
 
 
 def test_unassigned_partitions_are_refused(tables):
-    t, _ = tables
+    t = tables
     t.partition = 5
     with pytest.raises(KeyError, match="not assigned"):
         t.tables["catalog"]["SKU-9"] = {}
