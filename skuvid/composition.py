@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from skuvid.errors import FatalError
@@ -58,6 +59,19 @@ def arm_shutdown_deadline(grace_s: float) -> None:
     timer = threading.Timer(grace_s, expire)
     timer.daemon = True
     timer.start()
+
+
+def stop_on_signals(settings: Settings, stop: Callable[[], None]) -> None:
+    """On SIGTERM/SIGINT: ``stop()`` the service on the running loop, and exit in ``shutdown_grace_s`` whatever
+    it is still waiting for."""
+
+    def on_signal() -> None:
+        arm_shutdown_deadline(settings.shutdown_grace_s)
+        stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
 
 
 async def preflight(settings: Settings) -> None:
@@ -104,14 +118,7 @@ async def run_renderer(settings: Settings) -> None:
         server.add_liveness("render", service.stall.check)
         server.add_liveness("model_load", loading.check)
         service.readiness.register(server)
-    loop = asyncio.get_running_loop()
-
-    def on_signal() -> None:
-        arm_shutdown_deadline(settings.shutdown_grace_s)
-        service.stop()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+    stop_on_signals(settings, service.stop)
     log.info("renderer ready: model %s, %d in flight", job.generator.model_id, settings.max_in_flight)
     try:
         await service.run()
@@ -144,14 +151,7 @@ async def run_planner(settings: Settings) -> None:
     if server is not None:
         server.add_liveness("event_loop", heartbeat.check)
         service.readiness.register(server)
-    loop = asyncio.get_running_loop()
-
-    def on_signal() -> None:
-        arm_shutdown_deadline(settings.shutdown_grace_s)
-        service.stop()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+    stop_on_signals(settings, service.stop)
     try:
         await service.run()
     finally:

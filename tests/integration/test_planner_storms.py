@@ -87,40 +87,49 @@ def test_restarted_planner_keeps_its_tables_on_rocksdb(planner):
     assert [r.request_key for r in requests_of(bootstrap, sku, settle_s=0)] == [first.request_key]
 
 
+class Load:
+    """1,500 distinct products sent at once; what the planners made of them."""
+
+    def __init__(self, bootstrap: str, tag: str) -> None:
+        self.bootstrap, self.prefix = bootstrap, f"SKU-{tag}{uuid.uuid4().hex[:6]}"
+        self.skus = [f"{self.prefix}-{i:04d}" for i in range(1500)]
+        values = [orjson.dumps(BASE | {"sku": s, "event_id": f"evt-{s}", "title": f"{BASE['title']} {s}"})
+                  for s in self.skus]
+        run(produce_raw(bootstrap, PRODUCT_CREATED.name, values, [s.encode() for s in self.skus]))
+
+    def planned(self, events) -> list[VideoRequested]:
+        return [e for e in events if isinstance(e, VideoRequested) and e.sku.startswith(self.prefix)]
+
+    def wait_for(self, done, timeout_s: float) -> list[VideoRequested]:
+        events = run(read_until(self.bootstrap, [t.name for t in REQUEST_TOPICS],
+                                lambda es: done(self.planned(es)), timeout_s))
+        return self.planned(events)
+
+    def all_planned_once(self, timeout_s: float = 240) -> list[VideoRequested]:
+        """Every product's requests (waiting for all of them); each product has one request key."""
+        requests = self.wait_for(lambda rs: {r.sku for r in rs} >= set(self.skus), timeout_s)
+        by_sku: dict[str, set[str]] = {}
+        for request in requests:
+            by_sku.setdefault(request.sku, set()).add(request.request_key)
+        assert set(by_sku) == set(self.skus), f"{len(set(self.skus) - set(by_sku))} products were never planned"
+        assert all(len(keys) == 1 for keys in by_sku.values())  # a redelivered product is the same request
+        return requests
+
+
 def test_planner_killed_mid_load_loses_nothing(planner):
     settings, current, work = planner
-    bootstrap, prefix = settings.kafka_bootstrap, f"SKU-K{uuid.uuid4().hex[:6]}"
-    skus = [f"{prefix}-{i:04d}" for i in range(1500)]
-    values = [orjson.dumps(BASE | {"sku": s, "event_id": f"evt-{s}", "title": f"{BASE['title']} {s}"}) for s in skus]
-    run(produce_raw(bootstrap, PRODUCT_CREATED.name, values, [s.encode() for s in skus]))
-
-    def planned(events) -> list[VideoRequested]:
-        return [e for e in events if isinstance(e, VideoRequested) and e.sku.startswith(prefix)]
-
-    run(read_until(bootstrap, [t.name for t in REQUEST_TOPICS], lambda es: len(planned(es)) >= 200, 120))
+    load = Load(settings.kafka_bootstrap, "K")
+    load.wait_for(lambda requests: len(requests) >= 200, 120)
     current["service"].kill()  # SIGKILL: no clean stop, whatever was in flight
     current["service"] = restarted = Service("planner", settings, work)
     restarted.wait_for_log("planner ready", timeout_s=180)
-    events = run(read_until(bootstrap, [t.name for t in REQUEST_TOPICS],
-                            lambda es: {e.sku for e in planned(es)} >= set(skus), 240))
-    by_sku: dict[str, set[str]] = {}
-    for request in planned(events):
-        by_sku.setdefault(request.sku, set()).add(request.request_key)
-    assert set(by_sku) == set(skus), f"{len(set(skus) - set(by_sku))} products were never planned"
-    assert all(len(keys) == 1 for keys in by_sku.values())  # a redelivered product is the same request
+    load.all_planned_once()
 
 
 def test_two_planners_hand_partitions_over_mid_load(planner):
     settings, current, work = planner
-    bootstrap, prefix = settings.kafka_bootstrap, f"SKU-H{uuid.uuid4().hex[:6]}"
-    skus = [f"{prefix}-{i:04d}" for i in range(1500)]
-    values = [orjson.dumps(BASE | {"sku": s, "event_id": f"evt-{s}", "title": f"{BASE['title']} {s}"}) for s in skus]
-    run(produce_raw(bootstrap, PRODUCT_CREATED.name, values, [s.encode() for s in skus]))
-
-    def planned(events) -> list[VideoRequested]:
-        return [e for e in events if isinstance(e, VideoRequested) and e.sku.startswith(prefix)]
-
-    run(read_until(bootstrap, [t.name for t in REQUEST_TOPICS], lambda es: len(planned(es)) >= 100, 120))
+    load = Load(settings.kafka_bootstrap, "H")
+    load.wait_for(lambda requests: len(requests) >= 100, 120)
     first = current["service"]
     second_dir = work / "second-planner"
     second_dir.mkdir()
@@ -129,12 +138,5 @@ def test_two_planners_hand_partitions_over_mid_load(planner):
     second.wait_for_log("planner ready", timeout_s=120)  # joined: the partitions were split between the two
     assert first.stop() == 0, first.log()[-3000:]  # and handed back when the first one leaves
     current["service"] = second
-    events = run(read_until(bootstrap, [t.name for t in REQUEST_TOPICS],
-                            lambda es: {e.sku for e in planned(es)} >= set(skus), 240))
-    by_sku: dict[str, set[str]] = {}
-    for request in planned(events):
-        by_sku.setdefault(request.sku, set()).add(request.request_key)
-    assert set(by_sku) == set(skus), f"{len(set(skus) - set(by_sku))} products were never planned"
-    assert all(len(keys) == 1 for keys in by_sku.values())
-    duplicates = len(planned(events)) - len(skus)
+    duplicates = len(load.all_planned_once()) - len(load.skus)
     assert duplicates == 0, f"{duplicates} requests sent twice: a handover did not commit what it had sent"

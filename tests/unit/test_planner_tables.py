@@ -40,15 +40,20 @@ def test_a_write_is_read_back_at_once_and_its_layer_sends_the_newest_value_of_ea
     ], key=repr)
 
 
-def test_the_store_gets_a_layer_only_with_its_acknowledged_offset_and_in_seal_order(tables):
-    t = tables
+def two_layers(t: PlannerTables):
+    """Partition 0 of ``planned``: layer one writes a|daily=k1, layer two a|daily=k2 and b|daily=k3."""
     planned = t.tables["planned"]
     t.partition = 0
     planned["a|daily"] = "k1"
     first = t.seal()
     planned["a|daily"] = "k2"
     planned["b|daily"] = "k3"
-    second = t.seal()
+    return planned, first, t.seal()
+
+
+def test_the_store_gets_a_layer_only_with_its_acknowledged_offset_and_in_seal_order(tables):
+    t = tables
+    planned, first, second = two_layers(t)
     store = t.store("planned", 0)
     assert store.get(encode("a|daily")) is None and store.offset() is None
     assert planned.get("a|daily") == "k2"  # the newest layer wins
@@ -61,12 +66,7 @@ def test_the_store_gets_a_layer_only_with_its_acknowledged_offset_and_in_seal_or
 
 def test_written_layers_reach_the_store_with_their_offsets(tables):
     t = tables
-    planned = t.tables["planned"]
-    t.partition = 0
-    planned["a|daily"] = "k1"
-    first = t.seal()
-    planned["a|daily"] = "k2"
-    second = t.seal()
+    planned, first, second = two_layers(t)
     t.write(first, {(PLANNED, 0): 10, ("video.requested", 3): 99})
     store = t.store("planned", 0)
     assert (store.get(encode("a|daily")), store.offset()) == (encode("k1"), 10)
