@@ -57,6 +57,7 @@ from consumers.planner import (
 from consumers.planner_tables import TABLES, Layer, PlannerTables
 from consumers.planning import Planner
 from inference.prompt import PromptEngine
+from producers.publisher import producer_config as publisher_producer_config
 from schemas.codec import ce_headers, decode, record_key
 from schemas.events import ProductCreated, PromoStarted
 from schemas.topics import (
@@ -84,14 +85,12 @@ REBALANCE_TIMEOUT_MS = 120_000  # a member finishes its batch (a category scan a
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
+    """The publisher's producer (acks=all, idempotent), with large batches (the outbox fills them) and the
+    delivery timeout the planner rides a broker outage out with."""
     return {
-        **aiokafka_options(settings),
+        **publisher_producer_config(settings),
         "client_id": f"{settings.kafka_client_id}-planner",
-        "acks": "all",
-        "enable_idempotence": settings.kafka_idempotent,
-        "linger_ms": 5,
         "max_batch_size": 1 if settings.kafka_one_record_batches else 512 * 1024,
-        "max_request_size": 4 * 1_048_576,
         "request_timeout_ms": settings.kafka_delivery_timeout_ms,
     }
 

@@ -226,8 +226,7 @@ class PlannerTables:
     def changelog(self, layer: Layer) -> list[tuple[str, int, bytes, bytes | None]]:
         """(topic, partition, key, value) of the changelog records of ``layer``: the newest value of each key it
         wrote (a delete is a tombstone), partition by partition."""
-        group = self.settings.planner_group
-        return [(changelog_topic(group, table), partition, key, value)
+        return [(self.tables[table].topic, partition, key, value)
                 for (table, partition), written in layer.items() for key, value in written.items()]
 
     def _written(self, table: str, partition: int) -> dict[bytes, bytes | None]:

@@ -64,7 +64,6 @@ class Settings(BaseSettings):
     )
     planner_rocksdb_cache_mb: int = Field(default=16, ge=1, description="RocksDB block cache per table partition.")
     planner_batch_max: int = Field(default=500, ge=1, description="Product events planned per batch.")
-    planner_batch_s: float = Field(default=0.01, gt=0, description="Longest wait to fill a batch (seconds).")
     planner_coalesce_s: float = Field(
         default=10.0, ge=0, description="A SKU variant goes to a render lane at most once per this many seconds; "
         "newer plans meanwhile are held and the newest is sent when the window closes (0: off).",
