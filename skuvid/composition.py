@@ -12,6 +12,7 @@ which the process exits, leaving the job in progress uncommitted, to be redelive
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -148,6 +149,7 @@ async def run_planner(settings: Settings) -> None:
     await asyncio.to_thread(ensure_planner_topics, settings)
     engine = PromptEngine.load(absolute_terms_policy=settings.absolute_terms_policy)
     service = PlannerService(settings, engine, metrics)
+    gc.freeze()  # the engine's compiled library and every module, never garbage: not scanned by each collection
     if server is not None:
         server.add_liveness("event_loop", heartbeat.check)
         service.readiness.register(server)

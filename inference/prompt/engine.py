@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -262,8 +263,16 @@ class PromptEngine:
     def _overlays(promo: PromoStarted | None, copy: str, clip_duration_s: float) -> list[OverlayCaption]:
         if promo is None or not copy:
             return []
-        return [OverlayCaption(text=copy[:OVERLAY_MAX_CHARS], start_s=0.0, end_s=clip_duration_s,
-                               promo_id=promo.promo_id, valid_from=promo.starts_at, valid_until=promo.ends_at)]
+        return list(_captions(copy[:OVERLAY_MAX_CHARS], clip_duration_s, promo.promo_id, promo.starts_at,
+                              promo.ends_at))
+
+
+@functools.lru_cache(maxsize=COPY_SCREENINGS)
+def _captions(text: str, clip_duration_s: float, promo_id: str, valid_from: datetime | None,
+              valid_until: datetime | None) -> tuple[OverlayCaption, ...]:
+    """A promo's overlay (the same for every product a fan-out plans it for: validated once)."""
+    return (OverlayCaption(text=text, start_s=0.0, end_s=clip_duration_s, promo_id=promo_id, valid_from=valid_from,
+                           valid_until=valid_until),)
 
 
 def _check_duration(clip_duration_s: float) -> None:
@@ -292,22 +301,55 @@ def prompt_hash(positive: str, negative: str, language: Locale, template_id: str
     """SHA-256 of the canonical JSON of every Prompt field but the hash (template version included)."""
     doc = {
         "positive": positive, "negative": negative, "language": language.value, "template_id": template_id,
-        "template_version": template_version, "overlays": [o.model_dump(mode="json") for o in overlays],
+        "template_version": template_version, "overlays": [_overlay_doc(o) for o in overlays],
     }
+    head = _hashed_head(language.value, negative) if _orjson_safe(doc["overlays"]) else None
+    if head is not None:
+        rest = {k: doc[k] for k in ("overlays", "positive", "template_id", "template_version")}
+        try:
+            tail = orjson.dumps(rest, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:
+            pass
+        else:  # '{"language":…,"negative":…,' is hashed once per language and negative prompt
+            digest = head.copy()
+            digest.update(memoryview(tail)[1:])
+            return digest.hexdigest()
     return hashlib.sha256(_canonical_json(doc)).hexdigest()
+
+
+@functools.lru_cache(maxsize=COPY_SCREENINGS)
+def _overlay_doc(overlay: OverlayCaption) -> dict:
+    """The JSON form of an overlay (a fan-out's requests share their promo's); callers must not change it."""
+    return overlay.model_dump(mode="json")
+
+
+@functools.lru_cache(maxsize=16)
+def _hashed_head(language: str, negative: str):
+    """SHA-256 state after the canonical JSON's first two members (its keys sort first); None when only the
+    ``json`` path writes them (a lone surrogate)."""
+    try:
+        head = orjson.dumps({"language": language, "negative": negative}, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return None
+    return hashlib.sha256(memoryview(head)[:-1].tobytes() + b",")
 
 
 def _canonical_json(doc: dict) -> bytes:
     """``json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":"))`` in UTF-8 (surrogates
     passed through): the hashed form. orjson writes the same bytes several times faster, except for floats below
     1e-4 or from 1e16 (exponent spelling) and lone surrogates (refused), which take the ``json`` path."""
-    if all(_orjson_float(v) for overlay in doc["overlays"] for v in overlay.values() if isinstance(v, float)):
+    if _orjson_safe(doc["overlays"]):
         try:
             return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
         except orjson.JSONEncodeError:
             pass
     canonical = json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return canonical.encode("utf-8", "surrogatepass")
+
+
+def _orjson_safe(overlays: list[dict]) -> bool:
+    """Whether orjson spells every float of ``overlays`` as ``json`` does."""
+    return all(_orjson_float(v) for overlay in overlays for v in overlay.values() if isinstance(v, float))
 
 
 def _orjson_float(value: float) -> bool:
@@ -319,4 +361,3 @@ def _hashed(*, positive: str, negative: str, language: Locale, template: Templat
     digest = prompt_hash(positive, negative, language, template.id, template.version, overlays)
     return Prompt(positive=positive, negative=negative, language=language, template_id=template.id,
                   template_version=template.version, overlays=overlays, prompt_hash=digest)
-

@@ -107,22 +107,22 @@ def strip_invisible(text: str) -> str:
     return squash(text.translate(_CLEAN_TABLE) if _HAS_CLEAN_CHAR.search(text) else text)
 
 
-_JUNK = r"\s,.;:!?，。；：！？、\-–—/|·~_*+&"
-_JUNK_CHARS = frozenset(" ,.;:!?，。；：！？、-–—/|·~_*+&")
-_EDGE_JUNK = re.compile(f"^[{_JUNK}的]+|[{_JUNK}]+$")
-_BEFORE_CLOSING = re.compile(r"\s+([,.;:!?，。；：！？、）)】\]])")
+_TRAILING_JUNK = " ,.;:!?，。；：！？、-–—/|·~_*+&"
+_LEADING_JUNK = _TRAILING_JUNK + "的"
+_SPACE_BEFORE_CLOSING = re.compile(r" ([,.;:!?，。；：！？、）)】\]])")
 
 
 def tidy(text: str) -> str:
     """After words were cut out: spaces squashed, dangling punctuation (and a leading 的) trimmed.
 
-    Brackets are kept (they may close a model name); separators at either end go.
+    Brackets are kept (they may close a model name); separators at either end go, and a space before closing
+    punctuation. (Squashed text has no whitespace but single inner spaces, so ``str.strip`` with the separators
+    does what a regex did, without a pass over the text.)
     """
     text = squash(text)
-    if not text or (text[0] not in _JUNK_CHARS and text[0] != "的" and text[-1] not in _JUNK_CHARS
-                    and " " not in text):
-        return text  # the common case, without a regex pass
-    return _EDGE_JUNK.sub("", _BEFORE_CLOSING.sub(r"\1", text))
+    if " " in text and _SPACE_BEFORE_CLOSING.search(text):
+        text = _SPACE_BEFORE_CLOSING.sub(r"\1", text)
+    return text.lstrip(_LEADING_JUNK).rstrip(_TRAILING_JUNK)
 
 
 def cut_spans(text: str, spans: list[tuple[int, int]]) -> str:

@@ -3,14 +3,19 @@ same prompt for the same input."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inference.prompt import PROMPT_TOKEN_BUDGET, ContentRefused, PromptEngine, VariantSpec, estimate_tokens
-from inference.prompt.text import MASK
+from inference.prompt.text import MASK, squash, tidy
 from inference.prompt.tokens import _PIECES, _piece_cost, truncate_to_tokens
-from schemas.events import Locale, ProductSnapshot, PromoStarted, Prompt
+from inference.prompt.engine import prompt_hash
+from schemas.events import Locale, OverlayCaption, ProductSnapshot, PromoStarted, Prompt
 
 ENGINE = PromptEngine.load()
 STRICT = PromptEngine.load(absolute_terms_policy="refuse")
@@ -130,3 +135,33 @@ def test_truncation_fits_and_is_a_prefix(text: str, budget: int) -> None:
 )
 def test_estimate_examples(text: str, tokens: int) -> None:
     assert estimate_tokens(text) == tokens
+
+
+_JUNK = r"\s,.;:!?，。；：！？、\-–—/|·~_*+&"
+_TIDY_EDGES = re.compile(f"^[{_JUNK}的]+|[{_JUNK}]+$")
+_TIDY_BEFORE_CLOSING = re.compile(r"\s+([,.;:!?，。；：！？、）)】\]])")
+_ANY_CHARACTER = st.characters(exclude_categories=())  # lone surrogates too
+_TIDY_ALPHABET = st.sampled_from(list(" ,.;:!?，。；：！？、-–—/|·~_*+&的）)】][ab\n\t\u3000x中\u00a0\u2028"))
+
+
+@PROPERTY
+@given(text=st.lists(_TIDY_ALPHABET, max_size=14).map("".join) | st.text(max_size=30))
+def test_tidy_is_its_regex_definition(text: str) -> None:
+    """``tidy`` strips with ``str`` methods what these two regexes remove from the squashed text."""
+    assert tidy(text) == _TIDY_EDGES.sub("", _TIDY_BEFORE_CLOSING.sub(r"\1", squash(text)))
+
+
+@PROPERTY
+@given(positive=st.text(_ANY_CHARACTER, min_size=1, max_size=40), negative=st.text(_ANY_CHARACTER, max_size=40),
+       overlay_text=st.text(min_size=1, max_size=20), end_s=st.floats(min_value=1e-9, max_value=1e20),
+       language=st.sampled_from(Locale))
+def test_prompt_hash_is_the_sha256_of_the_canonical_json(positive: str, negative: str, overlay_text: str,
+                                                         end_s: float, language: Locale) -> None:
+    """The hashed bytes are ``json.dumps(sort_keys, no spaces, UTF-8)``, however the hash is taken in parts (lone
+    surrogates and exponent-spelt floats included)."""
+    for overlays in ([], [OverlayCaption(text=overlay_text, start_s=0.0, end_s=end_s, promo_id="P-1")]):
+        doc = {"positive": positive, "negative": negative, "language": language.value, "template_id": "3c",
+               "template_version": 2, "overlays": [o.model_dump(mode="json") for o in overlays]}
+        canonical = json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        expected = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+        assert prompt_hash(positive, negative, language, "3c", 2, overlays) == expected
