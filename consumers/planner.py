@@ -9,8 +9,10 @@ the update-storm window, see below).
 Promo fan-out stays partition-local: ``promo.started`` (one partition) is re-keyed onto the internal
 ``<group>-promo-fanout`` topic, co-partitioned with the catalog: one record per listed SKU, and one
 "category scan" record per partition, which each owner answers from its own part of the catalog table (on
-RocksDB: that partition's database only). A listed SKU the catalog does not know gets ``video.failed`` with
-reason ``unknown_sku``.
+RocksDB: that partition's database only), in key order and in parts: after ``SCAN_PART_ROWS`` rows the scan
+sends itself, resuming after the last SKU it read, to the end of its fan-out partition, so a scan of any size
+holds the planner (its product events, a rebalance) for one part at a time. A listed SKU the catalog does not
+know gets ``video.failed`` with reason ``unknown_sku``.
 
 Every planned request is also recorded on the compacted ``video.planned`` topic (keyed ``sku|variant_id``),
 which the listing API's video index reads. ``Settings.render_policy`` decides which requests are sent to a
@@ -76,14 +78,17 @@ log = logging.getLogger(__name__)
 CATALOG_PARTITIONS = PRODUCT_CREATED.partitions
 EXIT_UNDELIVERED = 1
 SCAN_CHECKPOINT_EVERY = 256  # a category scan hands its outputs to the producer and yields this often
+SCAN_PART_ROWS = 4096  # catalog rows one fan-out record scans; the rest of the scan is a new record
 
 
 class PromoTarget(BaseModel):
-    """Internal fan-out record: a promo for one SKU, or a category scan of one catalog partition."""
+    """Internal fan-out record: a promo for one SKU, or (part of) a category scan of one catalog partition: the
+    rows after SKU ``after`` (None: from the first), ``SCAN_PART_ROWS`` of them at most."""
 
     promo: PromoStarted
     sku: str | None = None
     scan_partition: int | None = None
+    after: str | None = None
 
 
 class CoalesceTick(BaseModel):
@@ -207,17 +212,22 @@ class PlannerFlow:
 
     ``coalescer`` (or ``coalesce_s`` > 0 and ``clock``: one of its own) turns on the update-storm window (module
     doc); ``tick_topic`` is the topic its ticks go to. ``checkpoint`` is awaited every ``SCAN_CHECKPOINT_EVERY``
-    products of a category scan (the service hands outputs to the producer there and lets the event loop run)."""
+    products of a category scan (the service hands outputs to the producer there and lets the event loop run).
+    ``fanout_topic``: where a category scan sends the rest of itself after ``scan_part_rows`` rows (None: a scan
+    reads its whole partition in one go)."""
 
     def __init__(self, planner: Planner, engine: PromptEngine, catalog: MutableMapping, planned: MutableMapping,
                  send: Send, metrics: Metrics, render_policy: str = "eager", *,
                  held: MutableMapping | None = None, coalesce_s: float = 0.0, tick_topic: Topic | None = None,
                  clock: Callable[[], float] = time.time, coalescer: Coalescer | None = None,
-                 checkpoint: Callable[[], Awaitable[None]] | None = None) -> None:
+                 checkpoint: Callable[[], Awaitable[None]] | None = None, fanout_topic: Topic | None = None,
+                 scan_part_rows: int = SCAN_PART_ROWS) -> None:
         if coalescer is None and coalesce_s > 0:
             coalescer = Coalescer(coalesce_s, clock)
         if coalescer is not None and tick_topic is None:
             raise ValueError("coalescing needs the tick_topic its ticks are sent to")
+        if scan_part_rows < 1:
+            raise ValueError(f"scan_part_rows must be at least 1, not {scan_part_rows}")
         self.planner = planner
         self.engine = engine
         self.catalog = catalog
@@ -229,6 +239,8 @@ class PlannerFlow:
         self.coalescer = coalescer
         self.tick_topic = tick_topic
         self.checkpoint = checkpoint
+        self.fanout_topic = fanout_topic
+        self.scan_part_rows = scan_part_rows
 
     async def on_product(self, product: ProductCreated, partition: int | None = None) -> None:
         """Store the snapshot (only when it changed) and plan its daily variants. ``partition`` is the input
@@ -241,7 +253,11 @@ class PlannerFlow:
 
     async def on_promo_target(self, target: PromoTarget, partition: int | None = None) -> None:
         promo = target.promo
-        if target.sku is not None and not self.catalog.get(target.sku):
+        if target.sku is None:
+            await self._scan(target, partition)
+            return
+        stored = self.catalog.get(target.sku)
+        if not stored:
             self.metrics.failures.labels(Reason.UNKNOWN_SKU.value).inc()
             log.warning("promo %s names %s, which the catalog does not know", promo.promo_id, target.sku)
             unknown = SkuvidError(f"promo {promo.promo_id} names SKU {target.sku}, which the catalog does not know",
@@ -249,9 +265,36 @@ class PlannerFlow:
             await self.send(VIDEO_FAILED, failed_event(unknown, sku=target.sku, source_event_id=promo.event_id,
                                                        promo_id=promo.promo_id))
             return
-        for n, snapshot in enumerate(self.matching_products(target), start=1):
-            await self.plan_and_send(snapshot, promo.event_id, promo=promo, partition=partition)
-            if self.checkpoint is not None and n % SCAN_CHECKPOINT_EVERY == 0:
+        await self.plan_and_send(ProductSnapshot.model_validate(stored), promo.event_id, promo=promo,
+                                 partition=partition)
+
+    async def _scan(self, target: PromoTarget, partition: int | None) -> None:
+        """One part of a category scan: plan the promo for the products of the promo's categories among the next
+        ``scan_part_rows`` rows of the partition, then send the rest of the scan as a new fan-out record."""
+        promo = target.promo
+        assert target.scan_partition is not None
+        wanted = set().union(*(category_keys(self.engine, c) for c in promo.categories))
+        listed = set(promo.skus)  # already targeted one by one
+        matches: dict[str, bool] = {}  # category -> in the promo (a catalog has few distinct categories)
+        rows = planned = 0
+        for sku, stored in catalog_partition(self.catalog, target.scan_partition, after=target.after):
+            if self.fanout_topic is not None and rows == self.scan_part_rows:
+                rest = PromoTarget(promo=promo, scan_partition=target.scan_partition, after=last)
+                await self.send(self.fanout_topic, rest, partition=target.scan_partition)
+                return
+            rows, last = rows + 1, sku
+            if not stored or sku in listed:
+                continue
+            category = stored["category"]
+            hit = matches.get(category)
+            if hit is None:
+                hit = matches[category] = bool(category_keys(self.engine, category) & wanted)
+            if not hit:
+                continue
+            await self.plan_and_send(ProductSnapshot.model_validate(stored), promo.event_id, promo=promo,
+                                     partition=partition)
+            planned += 1
+            if self.checkpoint is not None and planned % SCAN_CHECKPOINT_EVERY == 0:
                 await self.checkpoint()
 
     async def plan_and_send(self, snapshot: ProductSnapshot, source_event_id: str, promo: PromoStarted | None,
@@ -316,37 +359,17 @@ class PlannerFlow:
         log.debug("holding %s (%s) until %.0f", slot, request.request_key[:12], tick.due)
         return True
 
-    def matching_products(self, target: PromoTarget) -> Iterator[ProductSnapshot]:
-        promo = target.promo
-        if target.sku is not None:
-            stored = self.catalog.get(target.sku)
-            if stored:
-                yield ProductSnapshot.model_validate(stored)
-            return
-        wanted = set().union(*(category_keys(self.engine, c) for c in promo.categories))
-        listed = set(promo.skus)  # already targeted one by one
-        matches: dict[str, bool] = {}  # category -> in the promo (a catalog has few distinct categories)
-        assert target.scan_partition is not None
-        for sku, stored in catalog_partition(self.catalog, target.scan_partition):
-            if not stored or sku in listed:
-                continue
-            category = stored["category"]
-            hit = matches.get(category)
-            if hit is None:
-                hit = matches[category] = bool(category_keys(self.engine, category) & wanted)
-            if hit:
-                yield ProductSnapshot.model_validate(stored)
 
-
-def catalog_partition(catalog: Mapping, partition: int) -> Iterator[tuple[str, Any]]:
-    """(sku, stored snapshot) of every product in one catalog partition: that partition's store alone on a
-    planner table (``consumers.planner_tables.Table``), otherwise (a dict in tests) every entry ``owns`` keeps."""
+def catalog_partition(catalog: Mapping, partition: int, after: str | None = None) -> Iterator[tuple[str, Any]]:
+    """(sku, stored snapshot) of every product in one catalog partition, in a fixed order, from the first after SKU
+    ``after``: that partition's store alone on a planner table (``consumers.planner_tables.Table``: key order),
+    otherwise (a dict in tests) every entry ``owns`` keeps, by SKU."""
     partition_items = getattr(catalog, "partition_items", None)
     if partition_items is not None:
-        yield from partition_items(partition)
+        yield from partition_items(partition, after=after)
         return
-    for sku, stored in list(catalog.items()):
-        if owns(sku, partition):
+    for sku, stored in sorted(catalog.items()):
+        if owns(sku, partition) and (after is None or sku > after):
             yield sku, stored
 
 

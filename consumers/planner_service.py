@@ -81,7 +81,7 @@ log = logging.getLogger(__name__)
 
 READY_LINE = "planner ready"
 MAX_COMPLETIONS = 4  # batches handed to the producer whose acknowledgements, changelog and commit are on the way
-REBALANCE_TIMEOUT_MS = 120_000  # a member finishes its batch (a category scan at most) before the group moves on
+REBALANCE_TIMEOUT_MS = 120_000  # a member finishes its batch (one part of a category scan at most) before the move
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
@@ -166,12 +166,13 @@ class PlannerService:
         changelogs = {table.topic: CATALOG_PARTITIONS for table in self.tables.tables.values()}
         self.changelog_box = Outbox(lambda: self.producer, changelogs, exit_undelivered)  # sent by completions
         self.tick_topic = Topic(coalesce_topic(settings), CoalesceTick, CATALOG_PARTITIONS, "update-storm ticks")
+        scans = Topic(fanout_topic(settings), PromoTarget, CATALOG_PARTITIONS, "promo fan-out and scan parts")
         coalescer = Coalescer(settings.planner_coalesce_s) if settings.planner_coalesce_s > 0 else None
         self.send = self._sender()
         catalog, planned, held = (self.tables.tables[name] for name in TABLES)
         self.flow = PlannerFlow(Planner(self.engine, settings), self.engine, catalog, planned, self.send,
                                 self.metrics, render_policy=settings.render_policy, held=held, coalescer=coalescer,
-                                tick_topic=self.tick_topic, checkpoint=self._checkpoint)
+                                tick_topic=self.tick_topic, checkpoint=self._checkpoint, fanout_topic=scans)
         self._handlers: dict[str, Callable[[ConsumerRecord], Awaitable[None]]] = {
             PRODUCT_CREATED.name: self._on_product, PRODUCT_UPDATED.name: self._on_product,
             PROMO_STARTED.name: self._on_promo, fanout_topic(settings): self._on_promo_target,

@@ -21,6 +21,7 @@ group), one atomic write per fetched batch.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -52,7 +53,7 @@ class PartitionStore(Protocol):
     """One table partition's local bytes, and the offset of the last changelog record applied."""
 
     def get(self, key: bytes) -> bytes | None: ...
-    def items(self) -> Iterator[tuple[bytes, bytes]]: ...
+    def items(self, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]: ...
     def apply(self, records: Iterable[tuple[bytes, bytes | None]], offset: int) -> None: ...
     def offset(self) -> int | None: ...
     def close(self) -> None: ...
@@ -68,8 +69,9 @@ class MemoryStore:
     def get(self, key: bytes) -> bytes | None:
         return self._data.get(key)
 
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        return iter(list(self._data.items()))
+    def items(self, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """In key order (as RocksDB's), from the first key above ``after``."""
+        return iter([(k, v) for k, v in sorted(self._data.items()) if after is None or k > after])
 
     def apply(self, records: Iterable[tuple[bytes, bytes | None]], offset: int) -> None:
         for key, value in records:
@@ -107,10 +109,11 @@ class RocksStore:
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(key)
 
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every entry but the offset, through one consistent iterator."""
-        for key, value in self._db.items():
-            if key != OFFSET_KEY and value is not None:
+    def items(self, after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Every entry but the offset in key order, from the first key above ``after``, through one consistent
+        iterator."""
+        for key, value in self._db.items(from_key=after):
+            if key != OFFSET_KEY and value is not None and key != after:
                 yield key, value
 
     def apply(self, records: Iterable[tuple[bytes, bytes | None]], offset: int) -> None:
@@ -299,15 +302,15 @@ class Table:
     def __delitem__(self, key: Any) -> None:
         self._tables._put(self.name, self._partition(), encode(key), None)
 
-    def partition_items(self, partition: int) -> Iterator[tuple[Any, Any]]:
-        """(key, value) of every entry of one partition this planner owns, writes not yet stored included."""
+    def partition_items(self, partition: int, after: Any = None) -> Iterator[tuple[Any, Any]]:
+        """(key, value) of every entry of one partition this planner owns, writes not yet stored included, in the
+        order of their encoded keys, from the first key above ``after`` (None: from the start)."""
         pending = self._tables._written(self.name, partition)
-        for key, value in self._tables.store(self.name, partition).items():
-            if key not in pending:
-                yield orjson.loads(key), orjson.loads(value)
-        for key, value in pending.items():
-            if value is not None:
-                yield orjson.loads(key), orjson.loads(value)
+        start = None if after is None else encode(after)
+        stored = ((k, v) for k, v in self._tables.store(self.name, partition).items(start) if k not in pending)
+        fresh = sorted((k, v) for k, v in pending.items() if v is not None and (start is None or k > start))
+        for key, value in heapq.merge(stored, fresh):  # keys are unique across the two: values never compared
+            yield orjson.loads(key), orjson.loads(value)
 
 
 # --- the data folder ------------------------------------------------------------------------------------

@@ -241,6 +241,43 @@ def test_outbox_reports_an_undelivered_batch():
     assert failed == [("t", 1)]
 
 
+SCANS = Topic("planner-promo-fanout", PromoTarget, CATALOG_PARTITIONS, "test scan parts")
+
+
+def test_a_category_scan_runs_in_parts_that_resume_after_the_last_sku(engine):  # noqa: F811
+    """Every part reads at most ``scan_part_rows`` catalog rows (matching or not) and sends the rest of the scan to
+    its fan-out partition; following the parts plans every product of the category in the partition once."""
+    sent: list[tuple[str, object, bytes | None, int | None]] = []
+
+    async def send(topic, event, key=None, partition=None):
+        sent.append((topic.name, event, key, partition))
+
+    catalog = {}
+    for i in range(60):
+        p = product(f"SKU-{i:03d}", category="kitchen" if i % 3 else "3c")
+        catalog[p.sku] = p.snapshot().model_dump(mode="json")
+    flow = PlannerFlow(Planner(engine, Settings(model="tiny")), engine, catalog, {}, send, Metrics(),
+                       render_policy="eager", fanout_topic=SCANS, scan_part_rows=4)
+    window = promo("P-SCAN", [], T0, T0 + timedelta(days=1)).model_copy(update={"categories": ["kitchen"]})
+    partition = 2
+    rows = [sku for sku, _ in catalog_partition(catalog, partition)]
+    target, parts = PromoTarget(promo=window, scan_partition=partition), 0
+    while target is not None:
+        sent.clear()
+        run(flow.on_promo_target(target, partition=partition))
+        parts += 1
+        rest = [(event, p) for name, event, _, p in sent if name == SCANS.name]
+        requested = [r.sku for r in requests(sent)]
+        done = rows[:4] if target.after is None else [s for s in rows if s > target.after][:4]
+        assert requested == [s for s in done if catalog[s]["category"] == "kitchen"]
+        assert len(rest) <= 1
+        target = None
+        if rest:
+            (target, to), = rest
+            assert (to, target.scan_partition, target.after, target.promo) == (partition, partition, done[-1], window)
+    assert parts == -(-len(rows) // 4) and len(rows) > 4
+
+
 def test_catalog_partition_of_a_plain_mapping_filters_by_owner():
     catalog = {f"SKU-{i}": {"sku": f"SKU-{i}"} for i in range(60)}
     seen = [sku for p in range(CATALOG_PARTITIONS) for sku, _ in catalog_partition(catalog, p)]

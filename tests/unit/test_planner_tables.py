@@ -88,6 +88,23 @@ def test_a_partition_scan_sees_writes_not_yet_stored(tables):
     assert dict(catalog.partition_items(1)) == {"changed": {"v": 2}, "new": {"v": 3}}
 
 
+def test_a_partition_scan_goes_in_key_order_and_resumes_after_a_key(tables):
+    """Stored and pending entries interleave in key order, so a scan in parts sees every entry once."""
+    t = tables
+    catalog = t.tables["catalog"]
+    t.partition = 1
+    for sku in ("SKU-3", "SKU-1", "SKU-5"):
+        catalog[sku] = {"sku": sku}
+    t.write(t.seal(), {(CATALOG, 1): 2})
+    for sku in ("SKU-4", "SKU-0", "SKU-2"):
+        catalog[sku] = {"sku": sku}
+    del catalog["SKU-5"]
+    assert [k for k, _ in catalog.partition_items(1)] == ["SKU-0", "SKU-1", "SKU-2", "SKU-3", "SKU-4"]
+    assert [k for k, _ in catalog.partition_items(1, after="SKU-2")] == ["SKU-3", "SKU-4"]
+    assert [k for k, _ in catalog.partition_items(1, after="SKU-25")] == ["SKU-3", "SKU-4"]
+    assert list(catalog.partition_items(1, after="SKU-4")) == []
+
+
 def test_unassigned_partitions_are_refused(tables):
     t = tables
     t.partition = 5
