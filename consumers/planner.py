@@ -46,10 +46,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from consumers.outcomes import failed_event
 from consumers.planner_tables import TABLES, changelog_topic
@@ -488,21 +489,25 @@ async def acknowledged(sent: list[SentBatch]) -> dict[tuple[str, int], int]:
 
 class RecordEncoder:
     """``encode_value``, with the ``video.planned`` record of a request built around the request's own JSON
-    (``PlannerFlow`` sends the request, then its plan: the request is serialised once, not twice)."""
+    (``PlannerFlow`` sends the request, then its plan: the request is serialised once, not twice). The request is
+    written by pydantic's serializer straight to JSON (the same bytes as ``encode_value``, a third cheaper)."""
 
     def __init__(self) -> None:
-        self._last: tuple[VideoRequested, dict] | None = None
+        self._last: tuple[VideoRequested, bytes] | None = None
 
     def __call__(self, event: BaseModel) -> bytes:
         if type(event) is VideoPlanned and self._last is not None and self._last[0] is event.request:
-            request = self._last[1]
             return orjson.dumps({"schema_version": event.schema_version, "event_id": event.event_id,
-                                 "occurred_at": request["occurred_at"], "request": request,
-                                 "dispatched": event.dispatched})
-        doc = event.model_dump(mode="json")
+                                 "occurred_at": orjson.Fragment(_DATETIME_JSON(event.occurred_at)),
+                                 "request": orjson.Fragment(self._last[1]), "dispatched": event.dispatched})
         if type(event) is VideoRequested:
+            doc = event.__pydantic_serializer__.to_json(event)
             self._last = (event, doc)
-        return orjson.dumps(doc)
+            return doc
+        return orjson.dumps(event.model_dump(mode="json"))
+
+
+_DATETIME_JSON = TypeAdapter(datetime).dump_json  # a datetime as pydantic writes it in JSON
 
 
 def exit_undelivered(topic: str, partition: int, exc: BaseException) -> None:

@@ -79,6 +79,7 @@ class PromptEngine:
         self.selector = Selector(library)
         self.visuals = Visualiser(library)
         self._known_tokens = {text: estimate_tokens(text) for text in library.fixed_phrases()}
+        self._fixed: dict[tuple[str, int, Section], Phrase] = {}  # library phrases as placed (a bounded set)
         self._screened_copy = functools.lru_cache(maxsize=COPY_SCREENINGS)(self._screen_copy)
         for language in Locale:
             negative = library.common.negative.get(language)
@@ -187,16 +188,17 @@ class PromptEngine:
         seed = stable_int(product.sku, variant.variant_id)
         scenery = template.scenery(language)
         common = self.library.common
-        phrases = [self._phrase(style.get(language), P_STYLE, Section.OPENING), analysis.subject]
+        fixed = self._fixed_phrase
+        phrases = [fixed(style.get(language), P_STYLE, Section.OPENING), analysis.subject]
         if product.image_url:
-            phrases.append(self._phrase(common.image_hint.get(language), P_IMAGE, Section.GUIDANCE))
-        phrases.append(self._phrase(common.channels[variant.channel].get(language), P_CHANNEL, Section.GUIDANCE))
+            phrases.append(fixed(common.image_hint.get(language), P_IMAGE, Section.GUIDANCE))
+        phrases.append(fixed(common.channels[variant.channel].get(language), P_CHANNEL, Section.GUIDANCE))
         phrases += analysis.content
         phrases += [
-            self._phrase(pick(scenery.scenes, seed, 0), P_SCENE, Section.SETTING),
-            self._phrase(pick(scenery.cameras, seed, 1), P_CAMERA, Section.CAMERA),
-            self._phrase(pick(scenery.lighting, seed, 2), P_LIGHTING, Section.CAMERA),
-            self._phrase(common.quality.get(language), P_QUALITY, Section.CAMERA),
+            fixed(pick(scenery.scenes, seed, 0), P_SCENE, Section.SETTING),
+            fixed(pick(scenery.cameras, seed, 1), P_CAMERA, Section.CAMERA),
+            fixed(pick(scenery.lighting, seed, 2), P_LIGHTING, Section.CAMERA),
+            fixed(common.quality.get(language), P_QUALITY, Section.CAMERA),
         ]
         return _hashed(
             positive=assemble(phrases, language),
@@ -208,6 +210,14 @@ class PromptEngine:
 
     def _phrase(self, text: str, priority: int, section: Section) -> Phrase:
         return Phrase.of(text, priority, section, self._known_tokens)
+
+    def _fixed_phrase(self, text: str, priority: int, section: Section) -> Phrase:
+        """A library text as a phrase, made once (library texts are a fixed set, so this stays bounded)."""
+        key = (text, priority, section)
+        phrase = self._fixed.get(key)
+        if phrase is None:
+            phrase = self._fixed[key] = self._phrase(text, priority, section)
+        return phrase
 
     def _screen(self, product: ProductSnapshot, promo: PromoStarted | None, template: Template) -> Screening:
         texts = [product.title, product.brand or "", product.category, promo.copy_text if promo else "",

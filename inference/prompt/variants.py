@@ -13,6 +13,8 @@ from schemas.events import Locale, ProductSnapshot, PromoStarted
 
 MAX_VARIANTS = 26
 VARIANT_ID_MAX = 64
+_MADE_MAX = 1024  # variant lists kept (styles rotation x count x promo); emptied when full
+_made: dict[tuple[tuple[str, ...], int, int], tuple[PromoStarted | None, list[VariantSpec]]] = {}
 
 
 class VariantSpec(BaseModel):
@@ -50,8 +52,16 @@ def make_variants(selector: Selector, product: ProductSnapshot, count: int,
     if promo is not None and promo.style:
         first = selector.style_key(promo.style)
         rotation = [first, *(s for s in rotation if s != first)]
+    key = (tuple(rotation), count, id(promo))  # a fan-out plans one promo object for many products
+    made = _made.get(key)
+    if made is not None and made[0] is promo:  # the entry holds its promo: an id is never reused while kept
+        return list(made[1])
     prefix = _promo_prefix(promo.promo_id) if promo is not None else "daily"
-    return [
+    specs = [
         VariantSpec(variant_id=f"{prefix}-{string.ascii_lowercase[i]}", style=rotation[i % len(rotation)], promo=promo)
         for i in range(count)
     ]
+    if len(_made) >= _MADE_MAX:
+        _made.clear()
+    _made[key] = (promo, specs)
+    return list(specs)

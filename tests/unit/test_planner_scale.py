@@ -165,6 +165,12 @@ def test_planned_record_is_built_around_the_request_json(engine):  # noqa: F811
         assert VideoPlanned.model_validate_json(encode(planned)) == planned
     other = Planner(engine, Settings(model="tiny")).plan(version(2).snapshot(), source_event_id="e").requests[0]
     assert encode(planned_event(other, dispatched=True)) == encode_value(planned_event(other, dispatched=True))
+    window = promo("P-ENC", [], T0, T0 + timedelta(days=1))
+    with_overlay = Planner(engine, Settings(model="tiny")).plan(version(3).snapshot(), source_event_id="e",
+                                                                promo=window).requests[0]
+    assert with_overlay.prompt.overlays and encode(with_overlay) == encode_value(with_overlay)
+    assert encode(planned_event(with_overlay, dispatched=True)) == encode_value(planned_event(with_overlay,
+                                                                                              dispatched=True))
 
 
 class FakeBatch:
