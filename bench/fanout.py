@@ -3,8 +3,11 @@
 1. A catalog of ``skus`` products in one category goes in through ``product.created`` into a real planner
    (``skuvid serve --role planner``, RocksDB tables) under render policy ``auto``: these long-tail products are
    planned and recorded on ``video.planned`` but not rendered.
-2. ``raw_per_s``: an aiokafka producer (acks=all, idempotent, linger 5 ms) sends ``skus`` records of the size
-   of one promo request, one ``send`` per record — measured before and after the promo, the mean is reported.
+2. ``raw_per_s``: an aiokafka producer (acks=all, idempotent, linger 5 ms, aiokafka's defaults otherwise: no
+   compression) sends ``skus`` copies of one real promo request, one ``send`` per record — measured before and
+   after the promo, the mean is reported. ``raw_compressed_per_s``: the same producer once more, its batches
+   compressed with the planner's codec (``Settings.kafka_compression``; copies of one request compress better
+   than distinct requests, so this baseline errs fast).
 3. One ``promo.started`` names the category: its fan-out (one category scan per catalog partition, each
    answered from that partition's RocksDB database) plans a promo variant per product and sends it to
    ``video.requested.hot`` (promos go to a lane at once under ``auto``). ``requests_per_s`` is ``skus`` over the
@@ -53,10 +56,11 @@ def promo_event(promo_id: str) -> bytes:
     })
 
 
-async def raw_producer(bootstrap: str, n: int, value: bytes) -> float:
+async def raw_producer(bootstrap: str, n: int, value: bytes, compression: str | None = None) -> float:
     """Records per second of one aiokafka producer sending ``n`` records (one ``send`` each) until all are
-    acknowledged."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    acknowledged; its batches compressed with ``compression`` (None: not compressed, aiokafka's default)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+                                compression_type=compression)
     await producer.start()
     try:
         start = time.monotonic()
@@ -96,8 +100,8 @@ async def promo_requests(bootstrap: str, prefix: bytes, promo_id: str) -> tuple[
     return per_sku, total
 
 
-def request_size(settings, promo_id: str) -> int:
-    """Bytes of one real promo request for a catalog product (planned in process, as the planner would)."""
+def request_value(settings, promo_id: str) -> bytes:
+    """One real promo request for a catalog product (planned in process, as the planner would), as sent."""
     from consumers.planning import Planner  # noqa: PLC0415
     from inference.prompt import PromptEngine  # noqa: PLC0415
     from schemas.codec import encode_value  # noqa: PLC0415
@@ -107,7 +111,7 @@ def request_size(settings, promo_id: str) -> int:
     promo = PromoStarted.model_validate_json(promo_event(promo_id))
     plan = Planner(PromptEngine.load(), settings).plan(ProductCreated.model_validate_json(value).snapshot(),
                                                        source_event_id="evt-size", promo=promo)
-    return len(encode_value(plan.requests[0]))
+    return encode_value(plan.requests[0])
 
 
 def run(skus: int = 100_000) -> dict:
@@ -129,8 +133,8 @@ def run(skus: int = 100_000) -> dict:
                 load_s = loaded_at - t0
                 rss_loaded = planner.rss_mb()
                 promo_id = f"P-{run_id}"
-                size = request_size(settings, promo_id)
-                value = b"x" * size
+                value = request_value(settings, promo_id)
+                size = len(value)
                 raw_before = asyncio.run(raw_producer(bootstrap, skus, value))
                 sent_at = time.monotonic()
                 asyncio.run(produce(bootstrap, PROMO_STARTED.name, [(promo_id.encode(), promo_event(promo_id))]))
@@ -138,6 +142,8 @@ def run(skus: int = 100_000) -> dict:
                 fanout_s = done_at - sent_at
                 rss_after = planner.rss_mb()
                 raw_after = asyncio.run(raw_producer(bootstrap, skus, value))
+                codec = None if settings.kafka_compression == "none" else settings.kafka_compression
+                raw_compressed = asyncio.run(raw_producer(bootstrap, skus, value, codec)) if codec else None
                 per_sku, total = asyncio.run(promo_requests(bootstrap, prefix, promo_id))
             finally:
                 planner.stop()
@@ -155,6 +161,9 @@ def run(skus: int = 100_000) -> dict:
         "fanout_s": round(fanout_s, 1),
         "raw_before_per_s": round(raw_before, 1),
         "raw_after_per_s": round(raw_after, 1),
+        "compression": settings.kafka_compression,
+        "raw_compressed_per_s": raw_compressed and round(raw_compressed, 1),
+        "ratio_vs_raw_compressed": raw_compressed and round(requests_per_s / raw_compressed, 3),
         "request_bytes": size,
         "catalog_load_per_s": round(skus / load_s, 1),
         "planner_rss_mb": {"catalog_loaded": rss_loaded, "after_promo": rss_after},

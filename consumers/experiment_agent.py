@@ -84,6 +84,7 @@ def create_app(settings: Settings, metrics: ExperimentMetrics, *, group: str = G
         datadir=str(data_dir),
         topic_partitions=PARTITIONS,
         producer_max_batch_size=1 if settings.kafka_one_record_batches else 16384,
+        producer_compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
         broker_commit_every=commit_every,
         broker_commit_interval=commit_interval_s,
     )

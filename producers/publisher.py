@@ -23,6 +23,7 @@ def producer_config(settings: Settings) -> dict:
         "client_id": f"{settings.kafka_client_id}-producer",
         "acks": "all",
         "enable_idempotence": settings.kafka_idempotent,
+        "compression_type": None if settings.kafka_compression == "none" else settings.kafka_compression,
         "linger_ms": 5,
         "max_request_size": 4 * 1_048_576,
         "request_timeout_ms": 30_000,

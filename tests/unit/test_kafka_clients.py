@@ -140,3 +140,20 @@ async def test_aiokafka_debug_log_of_a_plain_login_is_masked(caplog: pytest.LogC
 
     messages = [r.getMessage() for r in caplog.records if r.name == "aiokafka.conn"]
     assert messages and PASSWORD not in messages[-1] and MASK in messages[-1]
+
+
+@pytest.mark.parametrize(("codec", "expected"), [("zstd", "zstd"), ("lz4", "lz4"), ("none", None)])
+def test_producers_compress_with_the_configured_codec(codec: str, expected: str | None) -> None:
+    """Every skuvid producer (the planner's builds on the publisher's) gets the codec, and aiokafka has it."""
+    from consumers.planner_service import producer_config as planner_producer_config
+    from producers.publisher import producer_config
+
+    settings = Settings(kafka_compression=codec)
+    assert producer_config(settings)["compression_type"] == expected
+    assert planner_producer_config(settings)["compression_type"] == expected
+
+    async def make() -> AIOKafkaProducer:
+        return AIOKafkaProducer(**producer_config(settings))  # refuses a codec whose library is missing
+
+    assert asyncio.run(make())._compression_type == expected
+    assert Settings().kafka_compression == "zstd"
