@@ -273,14 +273,21 @@ class PromptEngine:
     def _overlays(promo: PromoStarted | None, copy: str, clip_duration_s: float) -> list[OverlayCaption]:
         if promo is None or not copy:
             return []
-        return list(_captions(copy[:OVERLAY_MAX_CHARS], clip_duration_s, promo.promo_id, promo.starts_at,
-                              promo.ends_at))
+        starts, ends = promo.starts_at, promo.ends_at
+        return list(_captions(copy[:OVERLAY_MAX_CHARS], clip_duration_s, promo.promo_id, starts, ends,
+                              (_offset(starts), _offset(ends))))
+
+
+def _offset(moment: datetime | None) -> object:
+    return None if moment is None else moment.utcoffset()
 
 
 @functools.lru_cache(maxsize=COPY_SCREENINGS)
 def _captions(text: str, clip_duration_s: float, promo_id: str, valid_from: datetime | None,
-              valid_until: datetime | None) -> tuple[OverlayCaption, ...]:
-    """A promo's overlay (the same for every product a fan-out plans it for: validated once)."""
+              valid_until: datetime | None, offsets: tuple) -> tuple[OverlayCaption, ...]:
+    """A promo's overlay (the same for every product a fan-out plans it for: validated once). ``offsets`` are
+    part of the key: equal instants written with other UTC offsets are equal datetimes, but other JSON (and so
+    another prompt hash), and a hash must never depend on which promo came first."""
     return (OverlayCaption(text=text, start_s=0.0, end_s=clip_duration_s, promo_id=promo_id, valid_from=valid_from,
                            valid_until=valid_until),)
 
@@ -327,10 +334,21 @@ def prompt_hash(positive: str, negative: str, language: Locale, template_id: str
     return hashlib.sha256(_canonical_json(doc)).hexdigest()
 
 
-@functools.lru_cache(maxsize=COPY_SCREENINGS)
+_overlay_docs: dict[int, tuple[OverlayCaption, dict]] = {}
+
+
 def _overlay_doc(overlay: OverlayCaption) -> dict:
-    """The JSON form of an overlay (a fan-out's requests share their promo's); callers must not change it."""
-    return overlay.model_dump(mode="json")
+    """The JSON form of an overlay, kept per overlay object (a fan-out's requests share their promo's: see
+    ``_captions``); callers must not change it. By identity, not equality: equal overlays may be written
+    differently (UTC offsets). The entry holds its overlay, so an id is never reused while kept."""
+    kept = _overlay_docs.get(id(overlay))
+    if kept is not None and kept[0] is overlay:
+        return kept[1]
+    if len(_overlay_docs) >= COPY_SCREENINGS:
+        _overlay_docs.clear()
+    doc = overlay.model_dump(mode="json")
+    _overlay_docs[id(overlay)] = (overlay, doc)
+    return doc
 
 
 @functools.lru_cache(maxsize=16)

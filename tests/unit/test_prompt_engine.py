@@ -129,6 +129,33 @@ def test_promo_copy_becomes_an_overlay_never_prompt_text(
     assert engine.build(earbuds, daily(engine, earbuds)).overlays == []
 
 
+def test_a_promos_overlay_and_hash_do_not_depend_on_the_promos_built_before(
+    engine: PromptEngine, catalog: dict[str, ProductSnapshot], promo: PromoStarted
+) -> None:
+    """Overlays and their JSON are kept per promo for fan-outs; the same instants written with another UTC offset
+    are equal datetimes but other JSON, so each keeps its own spelling and hash, whichever came first."""
+    from datetime import timedelta, timezone
+
+    from inference.prompt import engine as engine_module
+
+    shifted = promo.model_copy(update={"starts_at": promo.starts_at.astimezone(timezone.utc),
+                                       "ends_at": promo.ends_at.astimezone(timezone.utc)})
+    assert shifted.starts_at == promo.starts_at and str(shifted.starts_at) != str(promo.starts_at)
+    earbuds = catalog["SKU-1001"]
+
+    def prompts(*promos: PromoStarted) -> list:
+        engine_module._captions.cache_clear()
+        engine_module._overlay_docs.clear()
+        return [engine.build(earbuds, engine.variants(earbuds, 1, p)[0]) for p in promos]
+
+    alone = [prompts(promo)[0], prompts(shifted)[0]]
+    assert alone[0].prompt_hash != alone[1].prompt_hash
+    assert prompts(promo, shifted) == alone
+    assert prompts(shifted, promo) == alone[::-1]
+    assert prompts(shifted, promo)[1].overlays[0].valid_from.utcoffset() == timedelta(hours=8)
+    assert prompts(promo, shifted)[1].overlays[0].valid_from.utcoffset() == timedelta(0)
+
+
 def test_promo_copy_repeated_in_the_title_is_cut(engine: PromptEngine, promo: PromoStarted) -> None:
     snapshot = product(title="限时5折！买一赠三 降噪蓝牙耳机", selling_points=["主动降噪"])
     prompt = engine.build(snapshot, engine.variants(snapshot, 1, promo)[0])
