@@ -42,7 +42,7 @@ from schemas.events import Reason
 from schemas.topics import DEAD_LETTER, ENGAGEMENT
 from skuvid.brokers import BrokerError, ensure_topics
 from skuvid.errors import FatalError
-from skuvid.kafka_clients import bootstrap_list, faust_app_options, security_options
+from skuvid.kafka_clients import bootstrap_list, compression_type, faust_app_options, security_options
 from skuvid.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def create_app(settings: Settings, metrics: ExperimentMetrics, *, group: str = G
         datadir=str(data_dir),
         topic_partitions=PARTITIONS,
         producer_max_batch_size=1 if settings.kafka_one_record_batches else 16384,
-        producer_compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
+        producer_compression_type=compression_type(settings),
         broker_commit_every=commit_every,
         broker_commit_interval=commit_interval_s,
     )

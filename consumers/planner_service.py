@@ -166,13 +166,13 @@ class PlannerService:
         changelogs = {table.topic: CATALOG_PARTITIONS for table in self.tables.tables.values()}
         self.changelog_box = Outbox(lambda: self.producer, changelogs, exit_undelivered)  # sent by completions
         self.tick_topic = Topic(coalesce_topic(settings), CoalesceTick, CATALOG_PARTITIONS, "update-storm ticks")
-        scans = Topic(fanout_topic(settings), PromoTarget, CATALOG_PARTITIONS, "promo fan-out and scan parts")
+        self.fanout = Topic(fanout_topic(settings), PromoTarget, CATALOG_PARTITIONS, "promo fan-out and scan parts")
         coalescer = Coalescer(settings.planner_coalesce_s) if settings.planner_coalesce_s > 0 else None
         self.send = self._sender()
         catalog, planned, held = (self.tables.tables[name] for name in TABLES)
         self.flow = PlannerFlow(Planner(self.engine, settings), self.engine, catalog, planned, self.send,
                                 self.metrics, render_policy=settings.render_policy, held=held, coalescer=coalescer,
-                                tick_topic=self.tick_topic, checkpoint=self._checkpoint, fanout_topic=scans)
+                                tick_topic=self.tick_topic, checkpoint=self._checkpoint, fanout_topic=self.fanout)
         self._handlers: dict[str, Callable[[ConsumerRecord], Awaitable[None]]] = {
             PRODUCT_CREATED.name: self._on_product, PRODUCT_UPDATED.name: self._on_product,
             PROMO_STARTED.name: self._on_promo, fanout_topic(settings): self._on_promo_target,
@@ -321,9 +321,8 @@ class PlannerService:
             try:
                 promo = decode(record.topic, record.value, max_bytes=self.settings.max_payload_bytes)
                 assert isinstance(promo, PromoStarted)
-                topic = fanout_topic(self.settings)
-                for key, partition, target in promo_targets(promo):
-                    await self.box.add(topic, key, target.model_dump_json().encode(), [], partition)
+                for key, partition, target in promo_targets(promo):  # written as the flow writes scan parts
+                    await self.send(self.fanout, target, key=key, partition=partition)
             except Exception as exc:  # noqa: BLE001 - classified in settle()
                 await self._settle(record, exc, None, None)
 

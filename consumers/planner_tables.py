@@ -189,7 +189,7 @@ class PlannerTables:
         return RocksStore(self.folder / f"{table}-{partition}.db", self.settings.planner_rocksdb_cache_mb)
 
     def seal(self) -> Layer:
-        """Close the open layer (its changelog records were handed to the producer) and open a new one."""
+        """Close the open layer (its batch's outputs were handed to the producer) and open a new one."""
         layer, self._open = self._open, {}
         self._sealed.append(layer)
         return layer

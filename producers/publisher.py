@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from schemas.codec import Headers, ce_headers, encode_value, record_key
 from schemas.topics import Topic
-from skuvid.kafka_clients import aiokafka_options
+from skuvid.kafka_clients import aiokafka_options, compression_type
 from skuvid.settings import Settings
 
 
@@ -23,7 +23,7 @@ def producer_config(settings: Settings) -> dict:
         "client_id": f"{settings.kafka_client_id}-producer",
         "acks": "all",
         "enable_idempotence": settings.kafka_idempotent,
-        "compression_type": None if settings.kafka_compression == "none" else settings.kafka_compression,
+        "compression_type": compression_type(settings),
         "linger_ms": 5,
         "max_request_size": 4 * 1_048_576,
         "request_timeout_ms": 30_000,

@@ -132,8 +132,8 @@ async def run_renderer(settings: Settings) -> None:
 
 
 async def run_planner(settings: Settings) -> None:
-    """Run the planner until SIGINT/SIGTERM: the batch in progress is finished, acknowledged and committed, and
-    the local tables are marked as matching their changelogs. /readyz turns 200 once it joined its group and
+    """Run the planner until SIGINT/SIGTERM: the batches in progress are finished, acknowledged and committed (the
+    local tables are always a prefix of their changelogs). /readyz turns 200 once it joined its group and
     recovered its tables; /healthz fails when the event loop is blocked."""
     from consumers.planner import ensure_planner_topics
     from consumers.planner_service import PlannerService

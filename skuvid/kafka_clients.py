@@ -1,8 +1,8 @@
 """The one place that turns ``Settings`` into Kafka connection options, for every client skuvid creates.
 
-The publisher's producer, the renderer's consumer, the admin clients, the planner's clients and the experiment agent's faust app must all
-connect the same way: a security setting added here reaches each of them, and a client built elsewhere
-cannot silently fall back to PLAINTEXT. ``check_kafka_access`` is the preflight a service runs first, because
+The publisher's producer, the renderer's consumer, the admin clients, the planner's clients and the experiment
+agent's faust app must all connect the same way: a security setting added here reaches each of them, and a
+client built elsewhere cannot silently fall back to PLAINTEXT. ``check_kafka_access`` is the preflight a service runs first, because
 aiokafka never raises *why* it could not connect: a wrong password or an untrusted CA only shows in its log as
 ``Unable connect to …`` followed by ``KafkaConnectionError: Unable to bootstrap``, which reads as "broker
 down, retry" — a crash loop that never names the cause.
@@ -135,6 +135,11 @@ def security_options(settings: Settings) -> dict[str, Any]:
 def aiokafka_options(settings: Settings) -> dict[str, Any]:
     """Connection options for any aiokafka client: ``bootstrap_servers`` plus ``security_options``."""
     return {"bootstrap_servers": bootstrap_list(settings), **security_options(settings)}
+
+
+def compression_type(settings: Settings) -> str | None:
+    """The producers' ``compression_type`` (aiokafka's and faust's spelling: None for no compression)."""
+    return None if settings.kafka_compression == "none" else settings.kafka_compression
 
 
 def faust_options(settings: Settings) -> dict[str, Any]:
