@@ -18,6 +18,10 @@ def run_named(name: str, settings: Settings, *, full_size: bool = False) -> dict
         from bench.planner import run
 
         return run()
+    if name == "planner_logic":
+        from bench.planner_logic import run
+
+        return run()
     if name == "fanout":
         from bench.fanout import run
 

@@ -14,6 +14,9 @@
    time from sending the promo to the last of its requests appearing on the topic.
 4. ``duplicates``: requests beyond one per SKU for this promo (read back and parsed after the timing);
    ``missing``: SKUs without one.
+5. ``cpu_us_per_record``: CPU µs per record of the broker, the planner and this process (``harness``: the raw
+   producer, or the promo's producer and the watcher), and how busy the machine was, over the first raw run
+   (``raw``) and the fan-out (``fanout``): ``bench.cpu``.
 
 ``python -m bench.fanout [--skus N]`` or ``skuvid bench fanout --json``. Needs the JDK and Maven like the tests.
 """
@@ -31,6 +34,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench.cpu import CpuMeter
 from bench.planner import (
     RAW_OUT,
     PlannerProcess,
@@ -135,10 +139,14 @@ def run(skus: int = 100_000) -> dict:
                 promo_id = f"P-{run_id}"
                 value = request_value(settings, promo_id)
                 size = len(value)
-                raw_before = asyncio.run(raw_producer(bootstrap, skus, value))
-                sent_at = time.monotonic()
-                asyncio.run(produce(bootstrap, PROMO_STARTED.name, [(promo_id.encode(), promo_event(promo_id))]))
-                done_at = asyncio.run(wait_for_keys(bootstrap, [VIDEO_REQUESTED_HOT.name], prefix, skus, 3600))
+                pids = {"broker": broker.pid, "planner": planner.proc.pid}
+                with CpuMeter(pids) as raw_cpu:
+                    raw_before = asyncio.run(raw_producer(bootstrap, skus, value))
+                with CpuMeter(pids) as fanout_cpu:
+                    sent_at = time.monotonic()
+                    promo = [(promo_id.encode(), promo_event(promo_id))]
+                    asyncio.run(produce(bootstrap, PROMO_STARTED.name, promo))
+                    done_at = asyncio.run(wait_for_keys(bootstrap, [VIDEO_REQUESTED_HOT.name], prefix, skus, 3600))
                 fanout_s = done_at - sent_at
                 rss_after = planner.rss_mb()
                 raw_after = asyncio.run(raw_producer(bootstrap, skus, value))
@@ -164,6 +172,7 @@ def run(skus: int = 100_000) -> dict:
         "compression": settings.kafka_compression,
         "raw_compressed_per_s": raw_compressed and round(raw_compressed, 1),
         "ratio_vs_raw_compressed": raw_compressed and round(requests_per_s / raw_compressed, 3),
+        "cpu_us_per_record": {"raw": raw_cpu.per_record(skus), "fanout": fanout_cpu.per_record(skus)},
         "request_bytes": size,
         "catalog_load_per_s": round(skus / load_s, 1),
         "planner_rss_mb": {"catalog_loaded": rss_loaded, "after_promo": rss_after},

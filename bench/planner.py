@@ -7,6 +7,9 @@ Throughput (default): rounds of ``n`` distinct ``product.created`` records, alte
   keys, ``video.requested`` + ``video.planned``), render policy eager (every product is sent to a lane).
 Each figure is records per second from the first input produced to the last output seen; acks=all both ways.
 ``planner_vs_raw`` is the median over rounds of each round's ratio (raw and planner measured back to back).
+``cpu_us_per_record``: per side, the median over rounds of the CPU µs per record of the broker, the planner and
+this process (``harness``: the load generator and the output watcher, and on the raw side the relay itself), and
+how busy the machine was (``bench.cpu``): whether a side was bound by its own core or by a saturated machine.
 The relay's group is joined before its clock starts, as the planner's is. ``planner_vs_raw_cold`` compares with
 the relay timed as this benchmark did before 2026-12-01: started, joined and fetching inside the window (its
 group join, about a second here, counted against it), kept for comparison with the figures measured so.
@@ -46,6 +49,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
+from bench.cpu import CpuMeter
 from schemas.topics import ALL_TOPICS, PRODUCT_CREATED, REQUEST_TOPICS, Topic
 from skuvid.brokers import KafkaBroker, create_topics
 from skuvid.settings import Settings, as_env
@@ -290,16 +294,25 @@ def run(n: int = 3000, rounds: int = 4) -> dict:
                 planner.wait_ready(300)
                 measure_planner(broker.bootstrap, min(n, 500))  # warm-up: first-use costs stay out
                 per_round = []
+                pids = {"broker": broker.pid, "planner": planner.proc.pid}
                 for r in range(rounds):
+                    raw_cpu, plan_cpu = CpuMeter(pids), CpuMeter(pids)
                     if r % 2 == 0:  # ABBA: drift in the machine's load hits both sides alike
-                        raw, plan = measure_raw(broker.bootstrap, n), measure_planner(broker.bootstrap, n)
+                        with raw_cpu:
+                            raw = measure_raw(broker.bootstrap, n)
+                        with plan_cpu:
+                            plan = measure_planner(broker.bootstrap, n)
                         cold = measure_raw(broker.bootstrap, n, warm=False)
                     else:
                         cold = measure_raw(broker.bootstrap, n, warm=False)
-                        plan, raw = measure_planner(broker.bootstrap, n), measure_raw(broker.bootstrap, n)
+                        with plan_cpu:
+                            plan = measure_planner(broker.bootstrap, n)
+                        with raw_cpu:
+                            raw = measure_raw(broker.bootstrap, n)
                     per_round.append({"raw_per_s": round(raw, 1), "planner_per_s": round(plan, 1),
                                       "ratio": round(plan / raw, 3), "raw_cold_per_s": round(cold, 1),
-                                      "ratio_vs_cold": round(plan / cold, 3)})
+                                      "ratio_vs_cold": round(plan / cold, 3),
+                                      "raw_cpu": raw_cpu.per_record(n), "planner_cpu": plan_cpu.per_record(n)})
                 rss = planner.rss_mb()
             finally:
                 planner.stop()
@@ -314,12 +327,18 @@ def run(n: int = 3000, rounds: int = 4) -> dict:
         "planner_vs_raw": statistics.median(r["ratio"] for r in per_round),
         "raw_cold_records_per_s": statistics.median(r["raw_cold_per_s"] for r in per_round),
         "planner_vs_raw_cold": statistics.median(r["ratio_vs_cold"] for r in per_round),
+        "cpu_us_per_record": {side: _median_cpu(per_round, f"{side}_cpu") for side in ("raw", "planner")},
         "planner_rss_mb": rss,
         "store": settings.planner_store,
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "cpus": os.cpu_count(),
     }
+
+
+def _median_cpu(rounds: list[dict], side: str) -> dict[str, float]:
+    """The median over rounds of each figure of one side's ``CpuMeter.per_record``."""
+    return {k: statistics.median(r[side][k] for r in rounds) for k in rounds[0][side]}
 
 
 def run_before_after(before: Path, ready_line: str, n: int = 3000, rounds: int = 4) -> dict:

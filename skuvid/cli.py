@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("bench", help="run a benchmark and print JSON")
-    p.add_argument("name", choices=("inference", "prompts", "postprocess", "planner", "fanout", "cli", "api", "renderer", "gpu", "experiments"))
+    p.add_argument("name", choices=("inference", "prompts", "postprocess", "planner", "planner_logic", "fanout", "cli",
+                                    "api", "renderer", "gpu", "experiments"))
     p.add_argument("--json", action="store_true", help="one line of JSON")
     p.add_argument("--full-size", action="store_true", help="inference: full 5B architecture (GPU)")
     p.set_defaults(func=_cmd_bench)
