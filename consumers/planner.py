@@ -242,6 +242,7 @@ class PlannerFlow:
         self.checkpoint = checkpoint
         self.fanout_topic = fanout_topic
         self.scan_part_rows = scan_part_rows
+        self._planned_in = {lane: metrics.requests_planned.labels(lane.value) for lane in Lane}  # one per request
 
     async def on_product(self, product: ProductCreated, partition: int | None = None) -> None:
         """Store the snapshot (only when it changed) and plan its daily variants. ``partition`` is the input
@@ -331,7 +332,7 @@ class PlannerFlow:
         """Send ``request`` to its lane when ``dispatched``, and record the plan on ``video.planned``."""
         if dispatched:
             await self.send(request_topic(request.lane), request)
-            self.metrics.requests_planned.labels(request.lane.value).inc()
+            self._planned_in[request.lane].inc()
             if self.coalescer is not None:
                 self.coalescer.sent(slot, request.request_key)
         await self.send(VIDEO_PLANNED, planned_event(request, dispatched=dispatched), key=slot.encode())

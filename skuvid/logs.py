@@ -14,6 +14,7 @@ code it runs with ``asyncio.to_thread`` (which copies the context), and by nothi
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import logging
 import re
@@ -29,7 +30,9 @@ from pydantic import SecretStr
 
 from skuvid.settings import Settings
 
-CONTEXT_KEYS = ("event_id", "sku", "request_key", "topic", "partition", "offset")
+_EVENT_FIELDS = ("event_id", "sku", "request_key")  # of a decoded event
+_RECORD_FIELDS = ("topic", "partition", "offset")  # of a consumer record
+CONTEXT_KEYS = (*_EVENT_FIELDS, *_RECORD_FIELDS)
 REDACTED = "***"
 # Libraries that attach their own stderr handler and progress bars; silenced through their own APIs.
 ML_LIBRARIES = ("diffusers", "transformers")
@@ -129,35 +132,47 @@ def record_context(record: Any = None, event: Any = None, **fields: Any) -> dict
     faust's Message) and an event (``event_id``, ``sku``, ``request_key``), plus ``fields``; None values are
     left out."""
     context: dict[str, Any] = {}
-    for source, keys in ((record, ("topic", "partition", "offset")), (event, ("event_id", "sku", "request_key"))):
+    for source, keys in ((record, _RECORD_FIELDS), (event, _EVENT_FIELDS)):
         if source is not None:
-            context.update({key: getattr(source, key) for key in keys if getattr(source, key, None) is not None})
-    context.update({key: value for key, value in fields.items() if value is not None})
+            for key in keys:
+                value = getattr(source, key, None)
+                if value is not None:
+                    context[key] = value
+    for key, value in fields.items():
+        if value is not None:
+            context[key] = value
     return context
 
 
-_RECORD_KEYS = ("topic", "partition", "offset", "event_id", "sku", "request_key")
+# The record context of the current task: one dict, replaced (never changed in place) by bind_record/bind_event,
+# merged into each line by _merge_record_context. One context variable set per record, not one per field: a
+# planner binds every record it reads, thousands a second.
+_RECORD_CONTEXT: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("skuvid_record_context", default={})
 
 
 @contextmanager
 def bind_record(record: Any = None, event: Any = None, **fields: Any) -> Iterator[None]:
     """Bind a record's context for the ``with`` block; on exit the context is what it was before the block,
     including the event keys bound inside it with ``bind_event`` (so one record's SKU never leaks into the next
-    record's lines). Every record key is set on entry — those the record lacks to structlog's "unset" value —
-    and reset by its token on exit: a few context variable operations, not a copy of the context."""
-    context: dict[str, Any] = dict.fromkeys(_RECORD_KEYS, ...)  # Ellipsis: unset, left out of log lines
-    context.update(record_context(record, event, **fields))
-    tokens = structlog.contextvars.bind_contextvars(**context)
+    record's lines). The block's context replaces an enclosing one: an outer record's keys are not shown."""
+    token = _RECORD_CONTEXT.set(record_context(record, event, **fields))
     try:
         yield
     finally:
-        structlog.contextvars.reset_contextvars(**tokens)
+        _RECORD_CONTEXT.reset(token)
 
 
 def bind_event(event: Any) -> None:
     """Add an event's ``event_id``, ``sku`` and ``request_key`` to the current context (inside
     ``bind_record``, once the record has been decoded)."""
-    structlog.contextvars.bind_contextvars(**record_context(event=event))
+    _RECORD_CONTEXT.set({**_RECORD_CONTEXT.get(), **record_context(event=event)})
+
+
+def _merge_record_context(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """The bound record context into a line (the line's own fields win, as with ``merge_contextvars``)."""
+    for key, value in _RECORD_CONTEXT.get().items():
+        event_dict.setdefault(key, value)
+    return event_dict
 
 
 # ---- rate limiting --------------------------------------------------------------------------------------
@@ -210,8 +225,9 @@ class RateLimitFilter(logging.Filter):
 
 def _shared_processors() -> list[Any]:
     """Run on every entry: structlog calls at call time, stdlib records (``foreign_pre_chain``) at format time,
-    both in the logging thread, so ``merge_contextvars`` sees the caller's context."""
+    both in the logging thread, so the context merged in is the caller's."""
     return [
+        _merge_record_context,
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,

@@ -94,6 +94,26 @@ def test_bound_record_fields_appear_on_every_line_and_are_gone_after_the_block(l
     assert not {"topic", "partition", "offset", "sku", "event_id", "request_key"} & set(after)
 
 
+def test_an_inner_record_replaces_the_outer_one_until_its_block_ends_and_a_line_keeps_its_own_fields(logs):
+    outer = ConsumerRecord("product.created", 1, 7, 0, 0, b"k", b"v", None, 1, 1, [])
+    inner = ConsumerRecord("promo.started", 0, 3, 0, 0, b"k", b"v", None, 1, 1, [])
+
+    class Product:
+        event_id, sku, request_key = "evt-1", "SKU-1", None
+
+    with bind_record(outer):
+        bind_event(Product())
+        with bind_record(inner):
+            logging.getLogger("consumers.planner").info("inner")
+        structlog.get_logger("consumers.planner").info("outer again", sku="SKU-explicit")
+    inner_line, outer_line = logs()
+    assert (inner_line["topic"], inner_line["offset"]) == ("promo.started", 3)
+    assert "sku" not in inner_line and "request_key" not in inner_line
+    assert (outer_line["topic"], outer_line["offset"], outer_line["event_id"]) == ("product.created", 7, "evt-1")
+    assert outer_line["sku"] == "SKU-explicit"  # the line's own field, not the bound one
+    assert "request_key" not in outer_line  # None is left out
+
+
 async def test_context_follows_a_job_into_its_worker_thread(logs):
     def in_thread() -> None:
         logging.getLogger("inference.render_job").info("attempt 1")
