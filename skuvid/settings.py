@@ -174,6 +174,11 @@ class Settings(BaseSettings):
     s3_prefix: str = "videos/"
     s3_access_key_id: str | None = Field(default=None, description="Unset: boto's own credential chain.")
     s3_secret_access_key: SecretStr | None = Field(default=None, description="A secret: never logged.")
+    s3_client_attempts: int = Field(
+        default=3, ge=1, le=10,
+        description="Tries the S3 client makes of one call (botocore standard retry mode) before the failure reaches "
+                    "the renderer, whose own retries (max_attempts, retry_backoff_s) then govern.",
+    )
 
     # --- Failure handling -------------------------------------------------------------------------------
     max_attempts: int = Field(

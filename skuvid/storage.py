@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 import aioboto3
+from aiobotocore.config import AioConfig
 from botocore.exceptions import ClientError
 
 from skuvid.settings import Settings, StoreKind
@@ -133,10 +134,14 @@ class S3Store:
     """An S3 bucket (any S3 API endpoint) through aioboto3; one client for the store's lifetime."""
 
     def __init__(self, bucket: str, *, endpoint_url: str | None, region: str, cdn_base_url: str,
-                 access_key_id: str | None = None, secret_access_key: str | None = None) -> None:
+                 access_key_id: str | None = None, secret_access_key: str | None = None,
+                 client_attempts: int = 3) -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.cdn_base_url = cdn_base_url
+        # botocore's default (legacy mode: 5 tries, up to ~15 s of sleeps) would hide an outage from the renderer,
+        # whose classified, logged and counted retries are the policy; standard mode, few tries, surfaces it.
+        self._config = AioConfig(retries={"mode": "standard", "max_attempts": client_attempts})
         self._session = aioboto3.Session(region_name=region, aws_access_key_id=access_key_id,
                                          aws_secret_access_key=secret_access_key)
         self._stack = contextlib.AsyncExitStack()
@@ -145,7 +150,7 @@ class S3Store:
     async def _s3(self):
         if self._client is None:
             self._client = await self._stack.enter_async_context(
-                self._session.client("s3", endpoint_url=self.endpoint_url)
+                self._session.client("s3", endpoint_url=self.endpoint_url, config=self._config)
             )
         return self._client
 
@@ -208,5 +213,6 @@ def open_store(settings: Settings) -> ObjectStore:
             access_key_id=settings.s3_access_key_id,
             secret_access_key=(settings.s3_secret_access_key.get_secret_value()
                                if settings.s3_secret_access_key else None),
+            client_attempts=settings.s3_client_attempts,
         )
     return LocalStore(settings.local_store_dir, settings.cdn_base_url)

@@ -47,3 +47,39 @@ async def test_keys_under_a_render_folder_and_delete(tmp_path):
     await store.delete(folder + "r2.mp4")
     await store.delete(folder + "absent.mp4")
     assert await store.keys_under(folder) == [folder + "r1.jpg", folder + "r1.mp4"]
+
+
+async def test_an_unreachable_s3_endpoint_reaches_the_caller_after_the_configured_tries():
+    """A real aiobotocore client against a TCP server that drops every connection: the failure surfaces after
+    ``client_attempts`` tries (botocore's own default would make five, with up to ~15 s of sleeps in between),
+    so an outage meets the renderer's classified retries (logged, counted, bounded by Settings)."""
+    from botocore.exceptions import ConnectionClosedError, EndpointConnectionError
+
+    from skuvid.storage import S3Store
+
+    async def connections_until_failure(attempts: int) -> tuple[int, float]:
+        connections = 0
+
+        async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            writer.close()
+
+        server = await asyncio.start_server(drop, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        store = S3Store("bucket", endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1", cdn_base_url="",
+                        access_key_id="test", secret_access_key="test", client_attempts=attempts)
+        started = asyncio.get_running_loop().time()
+        try:
+            with pytest.raises((ConnectionClosedError, EndpointConnectionError)):
+                await store.put("videos/x.mp4", b"mp4", "video/mp4")
+            return connections, asyncio.get_running_loop().time() - started
+        finally:
+            await store.close()
+            server.close()
+            await server.wait_closed()
+
+    once, once_s = await connections_until_failure(1)
+    twice, _ = await connections_until_failure(2)
+    assert once < twice  # the setting reaches botocore: a second try opens connections of its own
+    assert once_s < 1.5  # one try: no backoff sleep before the caller hears of it
