@@ -16,7 +16,7 @@
    ``missing``: SKUs without one.
 5. ``cpu_us_per_record``: CPU µs per record of the broker, the planner and this process (``harness``: the raw
    producer, or the promo's producer and the watcher), and how busy the machine was, over the first raw run
-   (``raw``) and the fan-out (``fanout``): ``bench.cpu``.
+   (``raw``) and the fan-out (``fanout``), their clients' start included: ``bench.cpu``.
 
 ``python -m bench.fanout [--skus N]`` or ``skuvid bench fanout --json``. Needs the JDK and Maven like the tests.
 """

@@ -9,7 +9,8 @@ Each figure is records per second from the first input produced to the last outp
 ``planner_vs_raw`` is the median over rounds of each round's ratio (raw and planner measured back to back).
 ``cpu_us_per_record``: per side, the median over rounds of the CPU µs per record of the broker, the planner and
 this process (``harness``: the load generator and the output watcher, and on the raw side the relay itself), and
-how busy the machine was (``bench.cpu``): whether a side was bound by its own core or by a saturated machine.
+how busy the machine was (``bench.cpu``), over each side's whole measurement (its clients' start and group join
+included, a few ms of CPU): whether a side was bound by its own core or by a saturated machine.
 The relay's group is joined before its clock starts, as the planner's is. ``planner_vs_raw_cold`` compares with
 the relay timed as this benchmark did before 2026-12-01: started, joined and fetching inside the window (its
 group join, about a second here, counted against it), kept for comparison with the figures measured so.
