@@ -47,6 +47,7 @@ from bench.planner import (
     warm_up,
 )
 from schemas.topics import PRODUCT_CREATED, PROMO_STARTED, VIDEO_PLANNED, VIDEO_REQUESTED_HOT
+from skuvid.kafka_clients import compression_type
 
 CATEGORY = "kitchen"
 
@@ -150,7 +151,7 @@ def run(skus: int = 100_000) -> dict:
                 fanout_s = done_at - sent_at
                 rss_after = planner.rss_mb()
                 raw_after = asyncio.run(raw_producer(bootstrap, skus, value))
-                codec = None if settings.kafka_compression == "none" else settings.kafka_compression
+                codec = compression_type(settings)
                 raw_compressed = asyncio.run(raw_producer(bootstrap, skus, value, codec)) if codec else None
                 per_sku, total = asyncio.run(promo_requests(bootstrap, prefix, promo_id))
             finally:

@@ -3,7 +3,7 @@
 ``skuvid bench planner`` and ``skuvid bench fanout`` measure the real service on a real broker. This measures
 what is left when the broker, the network, aiokafka and RocksDB cost nothing: ``PlannerFlow`` (the service's
 decisions) over plain dicts, every input decoded as the service decodes it and every output encoded as the
-service sends it (``RecordEncoder``, CloudEvents headers, the partition of its key), kept in a list.
+service sends it (``RecordEncoder``, CloudEvents headers, the partition of its key), then counted and dropped.
 
 - ``distinct``: ``n`` distinct ``product.created`` values (``bench.planner.products``), render policy eager;
 - ``fanout``: a promo over a category of ``skus`` of them, scanned partition by partition as the planner does.
@@ -74,8 +74,8 @@ class _Sink:
 
     async def send(self, topic: Topic, event: BaseModel, key: bytes | None = None, partition: int | None = None):
         key = key if key is not None else record_key(event)
-        if partition is None and key is not None:
-            partition = partition_for(key, topic.partitions)
+        if partition is None and key is not None:  # computed and dropped like the value and headers: their cost
+            partition = partition_for(key, topic.partitions)  # is what is measured
         self.encode(event)
         ce_headers(topic, event)
         self.counts[topic.name] += 1
@@ -126,11 +126,12 @@ def fanout(skus: int) -> float:
     promo = decode(PROMO_STARTED, promo_event("P-bench"))
     targets = [PromoTarget(promo=promo, scan_partition=p) for p in range(CATALOG_PARTITIONS)]
     sink.counts.clear()
-    try:
-        async def scan() -> None:  # each partition in one part (the service's parts of 4,096 rows add a record)
-            for target in targets:
-                await flow.on_promo_target(target)
 
+    async def scan() -> None:  # each partition in one part (the service's parts of 4,096 rows add a record)
+        for target in targets:
+            await flow.on_promo_target(target)
+
+    try:
         per = _cpu_us_per(skus, scan)
     finally:
         gc.unfreeze()
